@@ -1,0 +1,1 @@
+"""Accounts: passwords, access tokens, user-interactive auth, registration, login, devices."""

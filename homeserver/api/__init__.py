@@ -1,0 +1,17 @@
+"""Client-server API routes, one module per area. Each module's `register`
+adds its routes; handlers parse the request, call a service, and reply."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..http import Router
+from . import account, admin, devices, login, profile, register, versions
+
+if TYPE_CHECKING:
+    from ..app import HomeServer
+
+
+def register_client_api(router: Router, hs: "HomeServer") -> None:
+    for module in (versions, login, register, account, devices, profile, admin):
+        module.register(router, hs)

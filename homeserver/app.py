@@ -1,0 +1,131 @@
+"""The composition root: builds the services and the aiohttp application.
+
+`HomeServer` owns every long-lived object (config, database, stores,
+services). `build_app` exposes the resources a listener serves; `serve`
+opens the database, migrates it and runs the listeners until stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Iterable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from federation.api import register_routes as register_federation_routes
+from federation.keys import load_or_create_signing_key
+from storage import Database, Storage, create_database
+from storage.migrations import migrate
+
+from .accounts.auth import Auth
+from .accounts.service import Accounts
+from .accounts.uia import UserInteractiveAuth
+from .api import register_client_api
+from .config import Config
+from .http import MAX_BODY_KEY, Router, request_middleware
+
+logger = logging.getLogger(__name__)
+
+HS_KEY = web.AppKey("homeserver", object)
+
+
+def database_for(config: Config) -> Database:
+    """The engine `database` configures, with an SQLite path resolved against the config."""
+    db_args = dict(config.database.args)
+    if config.database.name == "sqlite3" and db_args["database"] != ":memory:":
+        db_args["database"] = str(config.resolve_path(db_args["database"]))
+    return create_database(config.database.name, db_args)
+
+
+class HomeServer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.db = database_for(config)
+        self.storage = Storage(self.db)
+        key_path = config.signing_key_path or f"{config.server_name.replace(':', '_')}.signing.key"
+        self.signing_key = load_or_create_signing_key(config.resolve_path(key_path))
+        self.auth = Auth(self.storage)
+        self.uia = UserInteractiveAuth(self.storage)
+        self.accounts = Accounts(config, self.storage, self.uia)
+
+    async def start(self) -> None:
+        await self.db.open()
+        applied = await migrate(self.db)
+        for migration in applied:
+            logger.info("applied schema migration %04d_%s", migration.version, migration.name)
+        self.auth.start()
+        self.accounts.start()
+
+    async def stop(self) -> None:
+        await self.accounts.stop()
+        await self.auth.stop()
+        await self.db.close()
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_app(hs: HomeServer, resources: Iterable[str] = ("client", "federation", "metrics")) -> web.Application:
+    """The aiohttp application serving `resources` (a listener's `resources.names`)."""
+    resources = set(resources)
+    app = web.Application(
+        middlewares=[request_middleware],
+        client_max_size=max(hs.config.max_request_body_size, hs.config.max_upload_size),
+    )
+    app[HS_KEY] = hs
+    app[MAX_BODY_KEY] = hs.config.max_request_body_size
+    router = Router(app)
+    if "client" in resources:
+        register_client_api(router, hs)
+    if "federation" in resources:
+        register_federation_routes(app, hs.config.server_name, hs.signing_key)
+    if "metrics" in resources:
+        router.add("GET", "/metrics", _metrics)
+    return app
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # aiohttp's own access log would duplicate ours.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    """Run the homeserver until SIGINT/SIGTERM."""
+    hs = HomeServer(config)
+    await hs.start()
+    runners: list[web.AppRunner] = []
+    try:
+        for listener in config.listeners:
+            names = {n for r in listener.resources for n in r.names}
+            app = build_app(hs, names)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            runners.append(runner)
+            for address in listener.bind_addresses:
+                await web.TCPSite(runner, address, listener.port, reuse_address=True).start()
+                logger.info(
+                    "listening on http://%s:%d (%s)",
+                    f"[{address}]" if ":" in address else address,
+                    listener.port,
+                    ", ".join(sorted(names)),
+                )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await hs.stop()

@@ -1,0 +1,1 @@
+"""Rooms: versions, auth rules, membership, creating and sending events."""

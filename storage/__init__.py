@@ -1,0 +1,49 @@
+"""Persistence: database engines, migrations and one store per domain.
+
+Nothing here knows about HTTP or Matrix routing; the homeserver's services
+compose these stores, and run several store calls in one transaction with
+`Database.run` and the stores' `*_txn` methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .devices import DeviceStore
+from .engines import Database, PostgresDatabase, SQLiteDatabase
+from .registration import RegistrationStore
+from .uia import UIAStore
+from .users import UserStore
+
+__all__ = ["Database", "Storage", "create_database"]
+
+# Keys of Synapse's `database.args` that configure the pool, not libpq.
+_POOL_ARGS = ("cp_min", "cp_max")
+
+
+def create_database(name: str, args: dict[str, Any]) -> Database:
+    """Build (but do not open) the engine that `database.name`/`database.args` describe."""
+    if name == "sqlite3":
+        return SQLiteDatabase(args["database"], synchronous=args.get("synchronous", "NORMAL"))
+    if name == "psycopg":
+        from psycopg.conninfo import make_conninfo
+
+        libpq = {k: v for k, v in args.items() if k not in _POOL_ARGS and k != "dsn"}
+        if "database" in libpq:  # Synapse's (psycopg2's) name for libpq's dbname
+            libpq.setdefault("dbname", libpq.pop("database"))
+        conninfo = make_conninfo(args.get("dsn", ""), **libpq)
+        return PostgresDatabase(
+            conninfo, min_size=int(args.get("cp_min", 2)), max_size=int(args.get("cp_max", 10))
+        )
+    raise ValueError(f"unknown database engine {name!r}")
+
+
+class Storage:
+    """Every store, over one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.users = UserStore(db)
+        self.devices = DeviceStore(db)
+        self.registration = RegistrationStore(db)
+        self.uia = UIAStore(db)

@@ -1,0 +1,332 @@
+"""Database engines: SQLite (embedded) and PostgreSQL (psycopg 3, async, pooled).
+
+Every store is written against `Database` and `Transaction` and never sees
+which engine is underneath. SQL is written once with `?` placeholders; the
+PostgreSQL engine rewrites them to psycopg's `%s`. Where the two dialects
+really differ (full-text search, sequences) a store asks `db.dialect`.
+
+Transactions are run through `Database.run(name, fn, *args)`: `fn` receives a
+`Transaction` and is retried from the start when the engine reports a
+serialization failure, a deadlock or a busy database. Work that must happen
+only once the transaction has committed (cache invalidation, waking
+listeners) is registered with `txn.call_after`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, TypeVar
+
+from prometheus_client import Counter, Gauge, Histogram
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+TRANSACTION_SECONDS = Histogram(
+    "homeserver_db_transaction_seconds",
+    "Time spent in database transactions, by transaction name",
+    ["name"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+TRANSACTION_RETRIES = Counter(
+    "homeserver_db_transaction_retries_total",
+    "Transactions retried after a serialization failure, deadlock or busy database",
+    ["name"],
+)
+POOL_SIZE = Gauge("homeserver_db_pool_connections", "Open database connections")
+POOL_IN_USE = Gauge("homeserver_db_pool_connections_in_use", "Database connections lent out")
+POOL_WAITING = Gauge("homeserver_db_pool_requests_waiting", "Requests waiting for a database connection")
+
+MAX_ATTEMPTS = 5
+
+
+class RetryableError(Exception):
+    """Raised inside an engine to signal that the transaction should be retried."""
+
+
+class Transaction(ABC):
+    """One open database transaction."""
+
+    def __init__(self) -> None:
+        self._after_commit: list[Callable[[], Any]] = []
+
+    @abstractmethod
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; returns the number of rows it changed."""
+
+    @abstractmethod
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for each parameter row."""
+
+    @abstractmethod
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run a query and return all of its rows."""
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = await self.fetchone(sql, params)
+        return row[0] if row else None
+
+    def call_after(self, callback: Callable[[], Any]) -> None:
+        """Run `callback` once this transaction has committed (not on rollback)."""
+        self._after_commit.append(callback)
+
+    def _run_after_commit(self) -> None:
+        for callback in self._after_commit:
+            callback()
+
+
+class Database(ABC):
+    """An engine: opens transactions and runs functions inside them with retries."""
+
+    dialect: str
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    def _transaction(self) -> Any:
+        """An async context manager yielding a Transaction; commits on success."""
+
+    @abstractmethod
+    def _is_retryable(self, exc: BaseException) -> bool: ...
+
+    async def run(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(txn, *args)` in a transaction, retrying on conflicts."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            start = time.perf_counter()
+            try:
+                async with self._transaction() as txn:
+                    result = await fn(txn, *args)
+            except Exception as exc:  # noqa: BLE001 - classified just below
+                if attempt < MAX_ATTEMPTS and self._is_retryable(exc):
+                    TRANSACTION_RETRIES.labels(name).inc()
+                    logger.info("transaction %s conflicted (%s); retrying", name, exc)
+                    await asyncio.sleep(0.01 * 2**attempt)
+                    continue
+                raise
+            finally:
+                TRANSACTION_SECONDS.labels(name).observe(time.perf_counter() - start)
+            txn._run_after_commit()
+            return result
+        raise AssertionError("unreachable")
+
+    async def execute(self, name: str, sql: str, params: Sequence[Any] = ()) -> int:
+        async def _fn(txn: Transaction) -> int:
+            return await txn.execute(sql, params)
+
+        return await self.run(name, _fn)
+
+    async def fetchall(self, name: str, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        async def _fn(txn: Transaction) -> list[Row]:
+            return await txn.fetchall(sql, params)
+
+        return await self.run(name, _fn)
+
+    async def fetchone(self, name: str, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = await self.fetchall(name, sql, params)
+        return rows[0] if rows else None
+
+    async def fetchval(self, name: str, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = await self.fetchone(name, sql, params)
+        return row[0] if row else None
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+class _SQLiteTransaction(Transaction):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__()
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(sql, params).rowcount
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, rows)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._conn.execute(sql, params).fetchall()
+
+
+class SQLiteDatabase(Database):
+    """One SQLite connection in WAL mode, used from the event loop.
+
+    Statements on a small embedded database take microseconds, far less than
+    a hop to a worker thread, so they run inline. Transactions are serialized
+    by a lock because they share the one connection; a transaction body must
+    therefore not await anything but its own statements.
+    """
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL survives a crash of this process (the acknowledged
+        # transaction is in the WAL); FULL also survives power loss.
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        self._conn = conn
+        POOL_SIZE.set(1)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+            POOL_SIZE.set(0)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Transaction]:
+        assert self._conn is not None, "database is not open"
+        conn = self._conn
+        POOL_WAITING.inc()
+        async with self._lock:
+            POOL_WAITING.dec()
+            POOL_IN_USE.inc()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _SQLiteTransaction(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                POOL_IN_USE.dec()
+
+    def _is_retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+    async def executescript(self, script: str) -> None:
+        assert self._conn is not None
+        async with self._lock:
+            self._conn.executescript(script)
+
+
+# ----------------------------------------------------------------------- PostgreSQL
+
+
+@functools.lru_cache(maxsize=4096)
+def _to_pyformat(sql: str) -> str:
+    """Rewrite `?` placeholders to psycopg's `%s` (and escape literal `%`)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _PostgresTransaction(Transaction):
+    def __init__(self, cursor: Any) -> None:
+        super().__init__()
+        self._cur = cursor
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        await self._cur.execute(_to_pyformat(sql), params)
+        return self._cur.rowcount
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._cur.executemany(_to_pyformat(sql), list(rows))
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        await self._cur.execute(_to_pyformat(sql), params)
+        return await self._cur.fetchall()
+
+
+class PostgresDatabase(Database):
+    """psycopg 3 async connections from a psycopg-pool pool."""
+
+    dialect = "postgres"
+
+    def __init__(self, conninfo: str, min_size: int = 2, max_size: int = 10) -> None:
+        self.conninfo = conninfo
+        self.min_size = min_size
+        self.max_size = max_size
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        from psycopg_pool import AsyncConnectionPool
+
+        self._pool = AsyncConnectionPool(
+            self.conninfo,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            open=False,
+            name="homeserver",
+        )
+        await self._pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def pool_stats(self) -> dict[str, int]:
+        return self._pool.get_stats() if self._pool is not None else {}
+
+    def _update_pool_metrics(self) -> None:
+        stats = self._pool.get_stats()
+        size = stats.get("pool_size", 0)
+        POOL_SIZE.set(size)
+        POOL_IN_USE.set(size - stats.get("pool_available", 0))
+        POOL_WAITING.set(stats.get("requests_waiting", 0))
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Transaction]:
+        assert self._pool is not None, "database is not open"
+        async with self._pool.connection() as conn:
+            self._update_pool_metrics()
+            try:
+                async with conn.transaction():
+                    async with conn.cursor() as cur:
+                        yield _PostgresTransaction(cur)
+            finally:
+                self._update_pool_metrics()
+
+    def _is_retryable(self, exc: BaseException) -> bool:
+        from psycopg import errors
+
+        return isinstance(exc, (errors.SerializationFailure, errors.DeadlockDetected))
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A raw pooled connection, for LISTEN and administrative statements."""
+        assert self._pool is not None
+        async with self._pool.connection() as conn:
+            yield conn
+
+
+def placeholders(n: int) -> str:
+    """`?, ?, ?` for an `IN (...)` list of n values."""
+    return ", ".join("?" * n)
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    """True if `exc` is a unique/primary-key constraint failure on either engine."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc)
+    try:
+        from psycopg import errors
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, errors.UniqueViolation)
