@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import nacl.signing
 from canonicaljson import encode_canonical_json
 from signedjson.key import SigningKey, VerifyKey, encode_verify_key_base64
 from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
@@ -43,5 +44,9 @@ def verify(value: dict[str, Any], server_name: str, key: VerifyKey) -> None:
 
 
 def verify_key_base64(key: SigningKey | VerifyKey) -> str:
-    verify_key = key.verify_key if isinstance(key, SigningKey) else key
+    """The public key, unpadded base64; for a signing key, its public half."""
+    # signedjson's SigningKey is a typing Protocol that isinstance never
+    # matches; the objects are nacl's, and a SigningKey's encode() would be
+    # its private seed.
+    verify_key = key.verify_key if isinstance(key, nacl.signing.SigningKey) else key
     return encode_verify_key_base64(verify_key)
