@@ -11,6 +11,7 @@ from typing import Any
 
 from .devices import DeviceStore
 from .engines import Database, PostgresDatabase, SQLiteDatabase
+from .events import EventStore
 from .registration import RegistrationStore
 from .uia import UIAStore
 from .users import UserStore
@@ -25,7 +26,7 @@ def create_database(name: str, args: dict[str, Any]) -> Database:
     """Build (but do not open) the engine that `database.name`/`database.args` describe."""
     if name == "sqlite3":
         return SQLiteDatabase(args["database"], synchronous=args.get("synchronous", "NORMAL"))
-    if name == "psycopg":
+    if name in ("psycopg", "psycopg2"):
         from psycopg.conninfo import make_conninfo
 
         libpq = {k: v for k, v in args.items() if k not in _POOL_ARGS and k != "dsn"}
@@ -47,3 +48,4 @@ class Storage:
         self.devices = DeviceStore(db)
         self.registration = RegistrationStore(db)
         self.uia = UIAStore(db)
+        self.events = EventStore(db)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -46,11 +47,7 @@ POOL_SIZE = Gauge("homeserver_db_pool_connections", "Open database connections")
 POOL_IN_USE = Gauge("homeserver_db_pool_connections_in_use", "Database connections lent out")
 POOL_WAITING = Gauge("homeserver_db_pool_requests_waiting", "Requests waiting for a database connection")
 
-MAX_ATTEMPTS = 5
-
-
-class RetryableError(Exception):
-    """Raised inside an engine to signal that the transaction should be retried."""
+MAX_ATTEMPTS = 10
 
 
 class Transaction(ABC):
@@ -117,7 +114,8 @@ class Database(ABC):
                 if attempt < MAX_ATTEMPTS and self._is_retryable(exc):
                     TRANSACTION_RETRIES.labels(name).inc()
                     logger.info("transaction %s conflicted (%s); retrying", name, exc)
-                    await asyncio.sleep(0.01 * 2**attempt)
+                    # Jittered, so transactions that collided do not retry in lockstep.
+                    await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
                     continue
                 raise
             finally:
@@ -211,10 +209,13 @@ class SQLiteDatabase(Database):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield _SQLiteTransaction(conn)
+                    conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    # A failed COMMIT leaves the transaction open, and some
+                    # errors (disk full, I/O) have already rolled it back.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     raise
-                conn.execute("COMMIT")
             finally:
                 POOL_IN_USE.dec()
 
@@ -254,7 +255,13 @@ class _PostgresTransaction(Transaction):
 
 
 class PostgresDatabase(Database):
-    """psycopg 3 async connections from a psycopg-pool pool."""
+    """psycopg 3 async connections from a psycopg-pool pool.
+
+    Transactions run at REPEATABLE READ, as Synapse's do: a transaction that
+    read a row another one has since changed fails with a serialization
+    failure and is retried, so read-modify-write code is as safe here as on
+    SQLite, whose transactions are serialized.
+    """
 
     dialect = "postgres"
 
@@ -265,7 +272,11 @@ class PostgresDatabase(Database):
         self._pool: Any = None
 
     async def open(self) -> None:
+        from psycopg import IsolationLevel
         from psycopg_pool import AsyncConnectionPool
+
+        async def configure(conn: Any) -> None:
+            await conn.set_isolation_level(IsolationLevel.REPEATABLE_READ)
 
         self._pool = AsyncConnectionPool(
             self.conninfo,
@@ -273,6 +284,7 @@ class PostgresDatabase(Database):
             max_size=self.max_size,
             open=False,
             name="homeserver",
+            configure=configure,
         )
         await self._pool.open(wait=True, timeout=30)
 

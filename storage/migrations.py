@@ -1,8 +1,9 @@
 """Numbered schema migrations, run at start-up and by `homeserver migrate`.
 
-Migrations live in `storage/schema/` as `NNNN_name.sql`. Where the engines
-need different SQL, `NNNN_name.sqlite.sql` and `NNNN_name.postgres.sql` are
-used instead of the shared file. Applied versions are recorded in
+Migrations live in `storage/schema/` as `NNNN_name.sql`, run on both
+engines. Where an engine needs more (PostgreSQL sequences, SQLite FTS5
+tables), `NNNN_name.sqlite.sql` or `NNNN_name.postgres.sql` runs after the
+shared file, in the same migration. Applied versions are recorded in
 `schema_migrations`; a database that records a version newer than any this
 code knows is refused, so an old server never writes into a newer schema.
 """
@@ -50,10 +51,8 @@ def available_migrations(dialect: str) -> list[Migration]:
     migrations = []
     for version in sorted(found):
         name, shared, specific = found[version]
-        path = specific or shared
-        if path is None:
-            raise SchemaError(f"migration {version:04d}_{name} has no SQL for {dialect}")
-        migrations.append(Migration(version, name, path.read_text()))
+        sql = "\n".join(p.read_text() for p in (shared, specific) if p is not None)
+        migrations.append(Migration(version, name, sql))
     return migrations
 
 
@@ -104,7 +103,10 @@ async def _migrate_postgres(
     applied_now = []
     async with db.connection() as conn:
         async with conn.transaction():
-            # Several processes may start at once; one migrates, the others wait.
+            # Several processes may start at once; one migrates, the others
+            # wait, then (at READ COMMITTED, not the pool's REPEATABLE READ,
+            # whose snapshot predates the wait) see what it applied.
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_ID,))
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
