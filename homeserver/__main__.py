@@ -49,9 +49,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     first_run = False
     if not args.config and not path.exists():
         data_dir = Path(args.data_dir)
+        text = generate_config(args.server_name, port=args.port)
+        load_config_text_check(text, data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(generate_config(args.server_name, data_dir, port=args.port))
-        os.chmod(path, 0o600)
+        _write_private(path, text)
         first_run = True
     config = _load(args)
     configure_logging(config.log_level)
@@ -88,15 +89,20 @@ def cmd_generate_config(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     text = generate_config(
         args.server_name,
-        out.parent,
         database_url=args.database_url,
         port=args.port,
         public_baseurl=args.public_baseurl,
     )
     load_config_text_check(text, out.parent)
-    out.write_text(text)
-    os.chmod(out, 0o600)
+    _write_private(out, text)
     print(f"wrote {out}")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a new file readable by its owner only (it holds the shared secret)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def load_config_text_check(text: str, directory: Path) -> None:

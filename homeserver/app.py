@@ -25,7 +25,7 @@ from .accounts.service import Accounts
 from .accounts.uia import UserInteractiveAuth
 from .api import register_client_api
 from .config import Config
-from .http import MAX_BODY_KEY, Router, request_middleware
+from .http import COMPRESS_KEY, MAX_BODY_KEY, X_FORWARDED_KEY, Router, request_middleware
 
 logger = logging.getLogger(__name__)
 
@@ -65,23 +65,38 @@ class HomeServer:
         await self.db.close()
 
 
+async def _health(request: web.Request) -> web.Response:
+    return web.Response(text="OK")
+
+
 async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(hs: HomeServer, resources: Iterable[str] = ("client", "federation", "metrics")) -> web.Application:
+def build_app(
+    hs: HomeServer,
+    resources: Iterable[str] = ("client", "federation", "metrics"),
+    *,
+    x_forwarded: bool = False,
+    compress: bool = False,
+) -> web.Application:
     """The aiohttp application serving `resources` (a listener's `resources.names`)."""
     resources = set(resources)
     app = web.Application(
         middlewares=[request_middleware],
-        client_max_size=max(hs.config.max_request_body_size, hs.config.max_upload_size),
+        # JSON bodies; uploads are streamed from request.content, unaffected.
+        client_max_size=hs.config.max_request_body_size,
     )
     app[HS_KEY] = hs
     app[MAX_BODY_KEY] = hs.config.max_request_body_size
+    app[X_FORWARDED_KEY] = x_forwarded
+    app[COMPRESS_KEY] = compress
     router = Router(app)
     if "client" in resources:
         register_client_api(router, hs)
-    if "federation" in resources:
+    elif "health" in resources:
+        router.add("GET", "/health", _health)
+    if resources & {"federation", "keys"}:
         register_federation_routes(app, hs.config.server_name, hs.signing_key)
     if "metrics" in resources:
         router.add("GET", "/metrics", _metrics)
@@ -104,8 +119,13 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     runners: list[web.AppRunner] = []
     try:
         for listener in config.listeners:
-            names = {n for r in listener.resources for n in r.names}
-            app = build_app(hs, names)
+            names = listener.resource_names()
+            app = build_app(
+                hs,
+                names,
+                x_forwarded=listener.x_forwarded,
+                compress=any(r.compress for r in listener.resources),
+            )
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             runners.append(runner)

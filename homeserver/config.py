@@ -50,10 +50,12 @@ _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 @dataclass
 class ListenerResource:
     # client: the client-server API, /.well-known, /_synapse/admin, /health;
-    # federation: server keys (/_matrix/key); metrics: /metrics.
-    names: list[Literal["client", "federation", "metrics"]] = field(
-        default_factory=lambda: ["client", "federation"]
-    )
+    # federation (or keys): server keys (/_matrix/key); metrics: /metrics;
+    # health: /health alone. media is served with client; openid and
+    # replication are accepted from Synapse configs and serve nothing.
+    names: list[
+        Literal["client", "federation", "keys", "media", "metrics", "health", "openid", "replication"]
+    ] = field(default_factory=lambda: ["client", "federation"])
     compress: bool = False
 
 
@@ -61,18 +63,30 @@ class ListenerResource:
 class Listener:
     port: int = 8008
     bind_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
-    type: Literal["http"] = "http"
+    # http serves `resources`; metrics (as in Synapse) serves /metrics only.
+    type: Literal["http", "metrics"] = "http"
     tls: bool = False
     x_forwarded: bool = False
     resources: list[ListenerResource] = field(default_factory=lambda: [ListenerResource()])
 
+    def resource_names(self) -> set[str]:
+        if self.type == "metrics":
+            return {"metrics"}
+        return {n for r in self.resources for n in r.names}
+
 
 @dataclass
 class DatabaseConfig:
-    name: Literal["sqlite3", "psycopg"] = "sqlite3"
+    # psycopg2 (Synapse's name) is accepted as an alias of psycopg.
+    name: Literal["sqlite3", "psycopg", "psycopg2"] = "sqlite3"
     # sqlite3: {database: path}; psycopg: libpq keywords (user, password,
     # dbname/database, host, port, sslmode, ...) plus cp_min/cp_max pool sizes.
     args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # As in Synapse: with no database configured, SQLite beside the config.
+        if self.name == "sqlite3":
+            self.args.setdefault("database", "homeserver.db")
 
 
 @dataclass
@@ -296,6 +310,8 @@ def _validate(config: Config) -> None:
     for key in ("cp_min", "cp_max"):
         if key in db.args and (not isinstance(db.args[key], int) or db.args[key] < 1):
             raise ConfigError(f"database.args.{key}: expected a positive integer")
+    if db.args.get("cp_min", 2) > db.args.get("cp_max", 10):
+        raise ConfigError("database.args.cp_max: must be at least cp_min")
     if config.bcrypt_rounds < 4 or config.bcrypt_rounds > 31:
         raise ConfigError("bcrypt_rounds: expected 4..31 (12 or more in production)")
     for name, rl in [
@@ -305,8 +321,9 @@ def _validate(config: Config) -> None:
         ("rc_login.account", config.rc_login.account),
         ("rc_login.failed_attempts", config.rc_login.failed_attempts),
     ]:
-        if rl.per_second <= 0 or rl.burst_count <= 0:
-            raise ConfigError(f"{name}: per_second and burst_count must be positive")
+        for key, value in (("per_second", rl.per_second), ("burst_count", rl.burst_count)):
+            if value <= 0:
+                raise ConfigError(f"{name}.{key}: must be positive, got {value}")
     if config.refreshable_access_token_lifetime <= 0:
         raise ConfigError("refreshable_access_token_lifetime: must be positive")
     if config.max_request_body_size < 65536:
@@ -334,12 +351,14 @@ def load_config(path: str | Path) -> Config:
 
 def generate_config(
     server_name: str,
-    data_dir: Path,
     database_url: str | None = None,
     port: int = 8008,
     public_baseurl: str | None = None,
 ) -> str:
-    """The YAML of a new config, with a fresh shared secret; paths relative to `data_dir`."""
+    """The YAML of a new config, with a fresh shared secret.
+
+    Its paths are relative, so they resolve beside the file it is written to.
+    """
     if database_url:
         database = {"name": "psycopg", "args": _database_args_from_url(database_url)}
     else:

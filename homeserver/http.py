@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -48,6 +49,11 @@ CORS_HEADERS = {
 _request_ids = itertools.count(1)
 
 MAX_BODY_KEY = web.AppKey("max_request_body_size", int)
+# Listener options: trust X-Forwarded-For; gzip responses for clients that accept it.
+X_FORWARDED_KEY = web.AppKey("x_forwarded", bool)
+COMPRESS_KEY = web.AppKey("compress", bool)
+# Below this many bytes compression costs more than it saves.
+_COMPRESS_MIN_BYTES = 1024
 REQUEST_ID = web.RequestKey("request_id", str)
 # Set once the request is authenticated, for the access log.
 USER_ID = web.RequestKey("user_id", str)
@@ -62,7 +68,13 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 def error_response(err: MatrixError) -> web.Response:
-    return json_response(err.to_json(), err.status)
+    # ASCII escapes: an error message may quote client input that is not
+    # valid Unicode (a lone surrogate), and must still be sent.
+    return web.Response(
+        body=json.dumps(err.to_json(), separators=(",", ":")).encode(),
+        status=err.status,
+        content_type="application/json",
+    )
 
 
 def route_label(request: web.Request) -> str:
@@ -84,13 +96,20 @@ def _from_http_exception(exc: web.HTTPException) -> MatrixError:
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = f"{request.method}-{next(_request_ids)}"
+    if request.app[X_FORWARDED_KEY]:
+        forwarded = request.headers.get("X-Forwarded-For")
+        if forwarded:
+            request = request.clone(remote=forwarded.split(",", 1)[0].strip())
     request[REQUEST_ID] = request_id
     if request.method == "OPTIONS":
-        return web.Response(status=204, headers=CORS_HEADERS)
+        return web.Response(status=204, headers={**CORS_HEADERS, "X-Request-Id": request_id})
     start = time.perf_counter()
     IN_FLIGHT.inc()
     try:
         try:
+            if "\x00" in request.path or "%00" in request.raw_path:
+                # PostgreSQL text cannot hold NUL; no Matrix identifier contains one.
+                raise invalid_param("NUL characters are not allowed in the path or query")
             response = await handler(request)
         except MatrixError as err:
             response = error_response(err)
@@ -107,6 +126,13 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     REQUEST_SECONDS.labels(request.method, route).observe(duration)
     response.headers.update(CORS_HEADERS)
     response.headers["X-Request-Id"] = request_id
+    if (
+        request.app[COMPRESS_KEY]
+        and isinstance(response, web.Response)
+        and response.body is not None
+        and len(response.body) >= _COMPRESS_MIN_BYTES
+    ):
+        response.enable_compression()
     logger.info(
         "%s %s %s %s %d %.1fms %s",
         request_id,
@@ -150,9 +176,12 @@ def _reject_constant(name: str) -> Any:
 async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
     """The request body as a JSON object, or a clear M_NOT_JSON / M_BAD_JSON / M_TOO_LARGE."""
     limit = request.app[MAX_BODY_KEY]
+    too_large = MatrixError(413, "M_TOO_LARGE", f"Request body is larger than {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
-        raise MatrixError(413, "M_TOO_LARGE", f"Request body is larger than {limit} bytes")
+        raise too_large
     body = await request.read()
+    if len(body) > limit:  # a chunked body carries no Content-Length
+        raise too_large
     if not body.strip():
         if allow_empty:
             return {}
@@ -163,7 +192,17 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[
         raise MatrixError(400, "M_NOT_JSON", "Request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise bad_json("Request body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(body):
+        # `\ud800` alone parses but is not Unicode: refuse it here rather
+        # than fail when it is stored or sent on.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_json("Request body contains an unpaired UTF-16 surrogate") from None
     return value
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 _MISSING = object()
@@ -182,6 +221,8 @@ def body_str(
         raise bad_json(f"'{key}' must be a string")
     if len(value) > max_length:
         raise bad_json(f"'{key}' is too long")
+    if "\x00" in value:
+        raise bad_json(f"'{key}' may not contain NUL characters")
     return value
 
 

@@ -192,7 +192,12 @@ class TestServer:
 async def start_server(config: Config) -> TestServer:
     hs = HomeServer(config)
     await hs.start()
-    app = build_app(hs)
+    listener = config.listeners[0]
+    app = build_app(
+        hs,
+        x_forwarded=listener.x_forwarded,
+        compress=any(r.compress for r in listener.resources),
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     with socket.socket() as s:
@@ -208,6 +213,11 @@ async def stop_server(server: TestServer) -> None:
     await server.http.close()
     await server._runner.cleanup()
     await server.hs.stop()
+
+
+def with_config(**overrides: Any) -> pytest.MarkDecorator:
+    """Run the test against a server with these config overrides."""
+    return pytest.mark.parametrize("config_overrides", [overrides], ids=["config"])
 
 
 @pytest.fixture
