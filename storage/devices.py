@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .engines import Database, Transaction, placeholders
+from .engines import Database, Transaction
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class RefreshTokenInfo:
     token_hash: str
     user_id: str
     device_id: str
+    created_ts: int
+    # When the login this token descends from ends (session_lifetime), if ever.
+    session_expires_ts: int | None
     next_token_hash: str | None
     # Whether the successor (or an access token made from it) has been used.
     next_used: bool
@@ -165,50 +168,35 @@ class DeviceStore:
         await self.db.run("mark_access_token_used", _fn)
 
     @staticmethod
-    async def delete_access_token_txn(txn: Transaction, token_hash: str) -> None:
-        await txn.execute("DELETE FROM access_tokens WHERE token_hash = ?", (token_hash,))
-
-    @staticmethod
-    async def delete_tokens_except_txn(
-        txn: Transaction, user_id: str, keep_device_id: str | None
-    ) -> list[str]:
-        """Delete every token of a user except one device's; returns the access token hashes."""
-        where = "user_id = ?" + ("" if keep_device_id is None else " AND device_id <> ?")
-        params = (user_id,) if keep_device_id is None else (user_id, keep_device_id)
-        rows = await txn.fetchall(f"SELECT token_hash FROM access_tokens WHERE {where}", params)
-        await txn.execute(f"DELETE FROM access_tokens WHERE {where}", params)
-        await txn.execute(f"DELETE FROM refresh_tokens WHERE {where}", params)
-        return [r[0] for r in rows]
-
-    @staticmethod
-    async def token_hashes_for_devices_txn(
-        txn: Transaction, user_id: str, device_ids: list[str]
-    ) -> list[str]:
-        if not device_ids:
-            return []
-        rows = await txn.fetchall(
-            "SELECT token_hash FROM access_tokens WHERE user_id = ?"
-            f" AND device_id IN ({placeholders(len(device_ids))})",
-            (user_id, *device_ids),
-        )
-        return [r[0] for r in rows]
+    async def delete_device_tokens_txn(txn: Transaction, user_id: str, device_id: str) -> None:
+        """Revoke every access and refresh token of one device; the device stays."""
+        params = (user_id, device_id)
+        await txn.execute("DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", params)
+        await txn.execute("DELETE FROM refresh_tokens WHERE user_id = ? AND device_id = ?", params)
 
     # ---------------------------------------------------------- refresh tokens
 
     @staticmethod
     async def insert_refresh_token_txn(
-        txn: Transaction, token_hash: str, user_id: str, device_id: str, now: int
+        txn: Transaction,
+        token_hash: str,
+        user_id: str,
+        device_id: str,
+        now: int,
+        session_expires_ts: int | None,
     ) -> None:
         await txn.execute(
-            "INSERT INTO refresh_tokens (token_hash, user_id, device_id, created_ts)"
-            " VALUES (?, ?, ?, ?)",
-            (token_hash, user_id, device_id, now),
+            "INSERT INTO refresh_tokens"
+            " (token_hash, user_id, device_id, created_ts, session_expires_ts)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (token_hash, user_id, device_id, now, session_expires_ts),
         )
 
     @staticmethod
     async def get_refresh_token_txn(txn: Transaction, token_hash: str) -> RefreshTokenInfo | None:
         row = await txn.fetchone(
-            "SELECT r.token_hash, r.user_id, r.device_id, r.next_token_hash,"
+            "SELECT r.token_hash, r.user_id, r.device_id, r.created_ts, r.session_expires_ts,"
+            " r.next_token_hash,"
             " (n.next_token_hash IS NOT NULL OR EXISTS ("
             "    SELECT 1 FROM access_tokens a"
             "    WHERE a.refresh_token_hash = r.next_token_hash AND a.used))"
@@ -218,7 +206,13 @@ class DeviceStore:
         )
         if row is None:
             return None
-        return RefreshTokenInfo(row[0], row[1], row[2], row[3], bool(row[4]))
+        return RefreshTokenInfo(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+
+    @staticmethod
+    async def delete_refresh_token_txn(txn: Transaction, token_hash: str) -> None:
+        """Delete a refresh token and the access tokens made with it."""
+        await txn.execute("DELETE FROM access_tokens WHERE refresh_token_hash = ?", (token_hash,))
+        await txn.execute("DELETE FROM refresh_tokens WHERE token_hash = ?", (token_hash,))
 
     @staticmethod
     async def set_next_refresh_token_txn(txn: Transaction, token_hash: str, next_hash: str) -> None:
@@ -228,16 +222,8 @@ class DeviceStore:
         )
 
     @staticmethod
-    async def revoke_predecessors_txn(txn: Transaction, refresh_token_hash: str) -> list[str]:
-        """Delete the refresh token(s) replaced by this one, and their access tokens.
-
-        Returns the hashes of the access tokens deleted.
-        """
-        rows = await txn.fetchall(
-            "SELECT a.token_hash FROM access_tokens a JOIN refresh_tokens r"
-            " ON a.refresh_token_hash = r.token_hash WHERE r.next_token_hash = ?",
-            (refresh_token_hash,),
-        )
+    async def revoke_predecessors_txn(txn: Transaction, refresh_token_hash: str) -> None:
+        """Delete the refresh token(s) replaced by this one, and their access tokens."""
         await txn.execute(
             "DELETE FROM access_tokens WHERE refresh_token_hash IN"
             " (SELECT token_hash FROM refresh_tokens WHERE next_token_hash = ?)",
@@ -246,4 +232,3 @@ class DeviceStore:
         await txn.execute(
             "DELETE FROM refresh_tokens WHERE next_token_hash = ?", (refresh_token_hash,)
         )
-        return [r[0] for r in rows]

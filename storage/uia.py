@@ -57,6 +57,13 @@ class UIAStore:
         )
         return _session(row) if row else None
 
+    async def set_clientdict(self, session_id: str, clientdict: dict[str, Any]) -> None:
+        await self.db.execute(
+            "set_uia_clientdict",
+            "UPDATE ui_auth_sessions SET clientdict = ? WHERE session_id = ?",
+            (json.dumps(clientdict), session_id),
+        )
+
     async def mark_stage_completed(self, session_id: str, stage: str, result: Any) -> dict[str, Any]:
         """Record a completed stage; returns every stage completed so far."""
 

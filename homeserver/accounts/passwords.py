@@ -7,14 +7,17 @@ runs in a worker thread: the event loop keeps serving other requests.
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 
 import bcrypt
 
 
 def _secret(password: str, pepper: str) -> bytes:
+    # Synapse normalises (NFKC) before hashing, so the same password typed on
+    # different keyboards matches, and so do hashes imported from Synapse.
     # bcrypt reads at most 72 bytes; older bcrypt releases (and so hashes
     # Synapse made) silently truncated, newer ones refuse longer input.
-    return (password + pepper).encode("utf-8")[:72]
+    return (unicodedata.normalize("NFKC", password) + pepper).encode("utf-8")[:72]
 
 
 class PasswordHasher:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,10 @@ MAX_PASSWORD_LENGTH = 512
 MAX_DEVICE_ID_LENGTH = 255
 MAX_DISPLAY_NAME_LENGTH = 256
 UIA_CLEANUP_SECONDS = 3600
+# Where a UIA session keeps the hash of the new password its request sets.
+NEW_PASSWORD_HASH = "new_password_hash"
+# Registration tokens: the opaque identifier grammar, at most 64 characters.
+REGISTRATION_TOKEN_GRAMMAR = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,15 @@ class Session:
         if self.expires_in_ms is not None:
             body["expires_in_ms"] = self.expires_in_ms
         return body
+
+
+def _after(now: int, lifetime: int | None) -> int | None:
+    return None if lifetime is None else now + lifetime
+
+
+def _earliest(*times: int | None) -> int | None:
+    """The earliest of the given expiry times; None if none is set."""
+    return min((t for t in times if t is not None), default=None)
 
 
 def check_password_length(password: str) -> None:
@@ -117,16 +131,25 @@ class Accounts:
         now: int,
     ) -> Session:
         device_id = device_id or random_device_id()
-        await DeviceStore.upsert_device_txn(txn, uid, device_id, initial_display_name, now)
+        if not await DeviceStore.upsert_device_txn(txn, uid, device_id, initial_display_name, now):
+            # Signing in to an existing device replaces its earlier tokens
+            # (spec: "Relationship between access tokens and devices").
+            await DeviceStore.delete_device_tokens_txn(txn, uid, device_id)
         access_token = f"mat_{random_token(32)}"
         refresh_token = None
-        expires_ts = None
+        session_end = _after(now, self.config.session_lifetime)
         if want_refresh:
             refresh_token = f"mar_{random_token(32)}"
-            await DeviceStore.insert_refresh_token_txn(txn, hash_token(refresh_token), uid, device_id, now)
-            expires_ts = now + self.config.refreshable_access_token_lifetime
-        elif self.config.nonrefreshable_access_token_lifetime is not None:
-            expires_ts = now + self.config.nonrefreshable_access_token_lifetime
+            await DeviceStore.insert_refresh_token_txn(
+                txn, hash_token(refresh_token), uid, device_id, now, session_end
+            )
+            expires_ts = _earliest(
+                now + self.config.refreshable_access_token_lifetime, session_end
+            )
+        else:
+            expires_ts = _earliest(
+                _after(now, self.config.nonrefreshable_access_token_lifetime), session_end
+            )
         await DeviceStore.insert_access_token_txn(
             txn,
             hash_token(access_token),
@@ -162,7 +185,7 @@ class Accounts:
     async def register(
         self,
         localpart: str | None,
-        password: str | None,
+        password_hash: str | None,
         *,
         admin: bool = False,
         user_type: str | None = None,
@@ -177,8 +200,8 @@ class Accounts:
         """Create an account (and, unless inhibited, its first session)."""
         if localpart is None:
             localpart = await self._generate_localpart()
+        localpart = localpart.lower()
         uid = await self.check_username_available(localpart)
-        password_hash = await self.hasher.hash(password) if password is not None else None
         now = now_ms()
 
         async def _fn(txn: Transaction) -> Session | None:
@@ -244,10 +267,10 @@ class Accounts:
             raise MatrixError(401, "M_MISSING_PARAM", "Missing registration token")
         if session.serverdict.get("registration_token") == token:
             return token  # already reserved by this session
-        reserved = await self.storage.db.run(
+        # A token outside the grammar cannot exist; it is not even looked up.
+        if not REGISTRATION_TOKEN_GRAMMAR.match(token) or not await self.storage.db.run(
             "reserve_registration_token", RegistrationStore.reserve_token_txn, token, now_ms()
-        )
-        if not reserved:
+        ):
             raise MatrixError(401, "M_FORBIDDEN", "Invalid registration token")
         await self.storage.uia.set_server_value(session.session_id, "registration_token", token)
         session.serverdict["registration_token"] = token
@@ -325,14 +348,33 @@ class Accounts:
             info = await DeviceStore.get_refresh_token_txn(txn, old_hash)
             if info is None or info.next_used:
                 raise MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown refresh token", soft_logout=False)
+            lifetime = self.config.refresh_token_lifetime
+            if lifetime is not None and info.created_ts + lifetime <= now:
+                raise MatrixError(
+                    401, "M_UNKNOWN_TOKEN", "Refresh token has expired", soft_logout=False
+                )
+            if info.session_expires_ts is not None and info.session_expires_ts <= now:
+                raise MatrixError(
+                    401, "M_UNKNOWN_TOKEN", "The session has expired; sign in again",
+                    soft_logout=False,
+                )
             # Using this token retires the one it replaced.
             await DeviceStore.revoke_predecessors_txn(txn, old_hash)
+            if info.next_token_hash is not None:
+                # Refreshed again before its successor was used (the client
+                # lost the response): that unused successor is abandoned.
+                await DeviceStore.delete_refresh_token_txn(txn, info.next_token_hash)
             new_refresh = f"mar_{random_token(32)}"
             new_hash = hash_token(new_refresh)
-            await DeviceStore.insert_refresh_token_txn(txn, new_hash, info.user_id, info.device_id, now)
+            await DeviceStore.insert_refresh_token_txn(
+                txn, new_hash, info.user_id, info.device_id, now, info.session_expires_ts
+            )
             await DeviceStore.set_next_refresh_token_txn(txn, old_hash, new_hash)
             access_token = f"mat_{random_token(32)}"
-            expires_ts = now + self.config.refreshable_access_token_lifetime
+            expires_ts = _earliest(
+                now + self.config.refreshable_access_token_lifetime, info.session_expires_ts
+            )
+            assert expires_ts is not None
             await DeviceStore.insert_access_token_txn(
                 txn, hash_token(access_token), info.user_id, info.device_id, now, expires_ts, new_hash
             )
@@ -355,10 +397,8 @@ class Accounts:
         await self.storage.db.run("logout_all", _fn)
 
     async def change_password(
-        self, uid: str, new_password: str, keep_device_id: str | None, logout_devices: bool
+        self, uid: str, password_hash: str, keep_device_id: str | None, logout_devices: bool
     ) -> None:
-        password_hash = await self.hasher.hash(new_password)
-
         async def _fn(txn: Transaction) -> None:
             await UserStore.set_password_hash_txn(txn, uid, password_hash)
             if logout_devices:
@@ -380,16 +420,32 @@ class Accounts:
 
     # ------------------------------------------------ UIA for the signed-in
 
-    async def reauthenticate(self, request: Any, body: dict[str, Any], uid: str) -> dict[str, Any]:
+    async def new_password_values(self, password: str | None) -> dict[str, str]:
+        """UIA `server_values` for a request setting `password`: only its hash is kept."""
+        if password is None:
+            return {}
+        check_password_length(password)
+        return {NEW_PASSWORD_HASH: await self.hasher.hash(password)}
+
+    async def reauthenticate(
+        self,
+        request: Any,
+        body: dict[str, Any],
+        uid: str,
+        server_values: dict[str, Any] | None = None,
+    ) -> UIASession:
         """UIA for a signed-in user's sensitive action: their password, if they have one.
 
-        Returns the request's parameters (those sent with the first request of
-        the UIA session, updated by this one).
+        Returns the completed session: its `clientdict` holds the request's
+        parameters and its `serverdict` the `server_values` given with this
+        or an earlier request (see `UserInteractiveAuth.check`).
         """
         user = await self.storage.users.get_user(uid)
         if user is None:
             raise forbidden("Unknown user")
         flows = [[PASSWORD]] if user.password_hash else [[DUMMY]]
-        _completed, params, session = await self.uia.check(request, body, flows, user_id=uid)
+        _completed, _params, session = await self.uia.check(
+            request, body, flows, user_id=uid, server_values=server_values
+        )
         await self.storage.uia.delete_session(session.session_id)
-        return params
+        return session

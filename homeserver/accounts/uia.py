@@ -17,6 +17,7 @@ from storage import Storage
 from storage.uia import UIASession
 
 from ..errors import MatrixError, bad_json
+from ..http import body_str
 from ..util import now_ms, random_token
 
 DUMMY = "m.login.dummy"
@@ -56,18 +57,22 @@ class UserInteractiveAuth:
         *,
         params: dict[str, Any] | None = None,
         user_id: str | None = None,
+        server_values: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any], UIASession]:
         """Run one UIA step; returns (completed stages, request params, session) when done.
 
         The params are the body of the first request of the session, updated
-        with the fields of this one, so a client may send them only once.
+        (and remembered) with the fields of each later one, so a client may
+        send them only once. Anything secret (a new password) must be taken
+        out of `body` first and passed, hashed, as `server_values`: they are
+        kept in the session's `serverdict`, which the client never sees.
         `user_id` binds the session to the signed-in user who started it.
         """
         auth = body.get("auth")
         if auth is not None and not isinstance(auth, dict):
             raise bad_json("'auth' must be a JSON object")
         clientdict = {k: v for k, v in body.items() if k != "auth"}
-        session_id = auth.get("session") if auth else None
+        session_id = body_str(auth, "session", None) if auth else None
         if session_id is None:
             session = UIASession(
                 session_id=random_token(18),
@@ -78,10 +83,9 @@ class UserInteractiveAuth:
                 completed={},
                 serverdict={"user_id": user_id} if user_id else {},
             )
+            session.serverdict.update(server_values or {})
             await self.storage.uia.create_session(session)
         else:
-            if not isinstance(session_id, str):
-                raise bad_json("'auth.session' must be a string")
             found = await self.storage.uia.get_session(session_id)
             if found is None or found.created_ts < now_ms() - SESSION_LIFETIME_MS:
                 raise MatrixError(400, "M_UNKNOWN", "Unknown or expired UIA session")
@@ -94,7 +98,12 @@ class UserInteractiveAuth:
                 )
             if session.serverdict.get("user_id") != user_id:
                 raise MatrixError(403, "M_FORBIDDEN", "The UIA session belongs to another user")
-            session.clientdict.update(clientdict)
+            if clientdict:
+                session.clientdict.update(clientdict)
+                await self.storage.uia.set_clientdict(session.session_id, session.clientdict)
+            for key, value in (server_values or {}).items():
+                await self.storage.uia.set_server_value(session.session_id, key, value)
+                session.serverdict[key] = value
 
         stage = auth.get("type") if auth else None
         if stage is not None:

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..accounts.service import check_password_length
-from ..errors import MatrixError
+from ..accounts.service import NEW_PASSWORD_HASH
+from ..errors import MatrixError, missing_param
 from ..http import Router, body_bool, body_str, json_response, read_json
 
 if TYPE_CHECKING:
@@ -22,15 +22,19 @@ def register(router: Router, hs: "HomeServer") -> None:
         if not hs.config.password_config.enabled:
             raise MatrixError(403, "M_FORBIDDEN", "Password changes are disabled")
         body = await read_json(request)
-        # Refuse a bad new password before asking for the old one.
-        if "new_password" in body:
-            check_password_length(body_str(body, "new_password", max_length=4096))
-        params = await accounts.reauthenticate(request, body, requester.user_id)
-        new_password = body_str(params, "new_password", max_length=4096)
-        check_password_length(new_password)
-        logout_devices = body_bool(params, "logout_devices", True)
+        # Refuse a bad new password before asking for the old one, and keep
+        # only its hash with the UIA session.
+        new_password = body_str(body, "new_password", None, max_length=4096)
+        body.pop("new_password", None)
+        session = await accounts.reauthenticate(
+            request, body, requester.user_id, await accounts.new_password_values(new_password)
+        )
+        password_hash = session.serverdict.get(NEW_PASSWORD_HASH)
+        if password_hash is None:
+            raise missing_param("Missing parameter: new_password")
+        logout_devices = body_bool(session.clientdict, "logout_devices", True)
         await accounts.change_password(
-            requester.user_id, new_password, requester.device_id, logout_devices
+            requester.user_id, password_hash, requester.device_id, logout_devices
         )
         return json_response({})
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 import string
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .. import __version__
+from ..accounts.service import REGISTRATION_TOKEN_GRAMMAR
 from ..errors import MatrixError, forbidden, invalid_param, not_found
 from ..http import Router, body_bool, body_str, json_response, read_json
 from ..util import now_ms, random_token
@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 NONCE_LIFETIME_MS = 60_000
 _TOKEN_CHARS = string.ascii_letters + string.digits + "._~-"
-_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+# The largest values the registration_tokens columns hold (INTEGER, BIGINT).
+_MAX_USES = 2**31 - 1
+_MAX_TS = 2**63 - 1
 
 
 def registration_mac(
@@ -49,12 +51,12 @@ def registration_mac(
     return mac.hexdigest()
 
 
-def _optional_int(body: dict[str, Any], key: str, *, minimum: int) -> Any:
+def _optional_int(body: dict[str, Any], key: str, *, minimum: int, maximum: int) -> Any:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise invalid_param(f"{key} must be an integer of at least {minimum}, or null")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise invalid_param(f"{key} must be an integer from {minimum} to {maximum}, or null")
     return value
 
 
@@ -79,10 +81,9 @@ def register(router: Router, hs: "HomeServer") -> None:
         secret = _secret()
         body = await read_json(request)
         nonce = body_str(body, "nonce", max_length=128)
+        # body_str refuses NUL, which separates the fields the MAC covers.
         username = body_str(body, "username", max_length=512)
         password = body_str(body, "password", max_length=512)
-        if "\x00" in username or "\x00" in password:
-            raise MatrixError(400, "M_INVALID_PARAM", "Invalid username or password")
         admin = body_bool(body, "admin")
         user_type = body_str(body, "user_type", None, max_length=64)
         displayname = body_str(body, "displayname", None, max_length=256)
@@ -93,7 +94,11 @@ def register(router: Router, hs: "HomeServer") -> None:
         if not hmac.compare_digest(want.encode("ascii"), mac.encode("ascii", "replace")):
             raise forbidden("HMAC incorrect")
         uid, session = await hs.accounts.register(
-            username, password, admin=admin, user_type=user_type, displayname=displayname
+            username,
+            await hs.accounts.hasher.hash(password),
+            admin=admin,
+            user_type=user_type,
+            displayname=displayname,
         )
         assert session is not None
         return json_response(
@@ -121,16 +126,14 @@ def register(router: Router, hs: "HomeServer") -> None:
     async def new_token(request: web.Request) -> web.Response:
         await hs.auth.get_admin(request)
         body = await read_json(request, allow_empty=True)
-        token = body_str(body, "token", None, max_length=64)
+        token = body_str(body, "token", None)
         if token is None:
-            length = _optional_int(body, "length", minimum=1) or 16
-            if length > 64:
-                raise invalid_param("length must be at most 64")
+            length = _optional_int(body, "length", minimum=1, maximum=64) or 16
             token = "".join(secrets.choice(_TOKEN_CHARS) for _ in range(length))
-        elif not _TOKEN.match(token):
+        elif not REGISTRATION_TOKEN_GRAMMAR.match(token):
             raise invalid_param("token must be 1-64 characters of A-Z, a-z, 0-9, '.', '_', '~', '-'")
-        uses_allowed = _optional_int(body, "uses_allowed", minimum=0)
-        expiry_time = _optional_int(body, "expiry_time", minimum=0)
+        uses_allowed = _optional_int(body, "uses_allowed", minimum=0, maximum=_MAX_USES)
+        expiry_time = _optional_int(body, "expiry_time", minimum=0, maximum=_MAX_TS)
         if expiry_time is not None and expiry_time < now_ms():
             raise invalid_param("expiry_time must not be in the past")
         if not await registration.create_token(token, uses_allowed, expiry_time):
@@ -151,9 +154,11 @@ def register(router: Router, hs: "HomeServer") -> None:
         body = await read_json(request, allow_empty=True)
         changes = {}
         if "uses_allowed" in body:
-            changes["uses_allowed"] = _optional_int(body, "uses_allowed", minimum=0)
+            changes["uses_allowed"] = _optional_int(
+                body, "uses_allowed", minimum=0, maximum=_MAX_USES
+            )
         if "expiry_time" in body:
-            expiry = _optional_int(body, "expiry_time", minimum=0)
+            expiry = _optional_int(body, "expiry_time", minimum=0, maximum=_MAX_TS)
             if expiry is not None and expiry < now_ms():
                 raise invalid_param("expiry_time must not be in the past")
             changes["expiry_time"] = expiry

@@ -16,14 +16,14 @@ if TYPE_CHECKING:
 
 
 def device_json(device: Device) -> dict[str, Any]:
-    body: dict[str, Any] = {"device_id": device.device_id}
-    if device.display_name is not None:
-        body["display_name"] = device.display_name
-    if device.last_seen_ip is not None:
-        body["last_seen_ip"] = device.last_seen_ip
-    if device.last_seen_ts is not None:
-        body["last_seen_ts"] = device.last_seen_ts
-    return body
+    # Unknown values are null rather than absent, as Synapse sends them:
+    # clients (matrix-nio among them) require every key.
+    return {
+        "device_id": device.device_id,
+        "display_name": device.display_name,
+        "last_seen_ip": device.last_seen_ip,
+        "last_seen_ts": device.last_seen_ts,
+    }
 
 
 def register(router: Router, hs: "HomeServer") -> None:
@@ -46,10 +46,13 @@ def register(router: Router, hs: "HomeServer") -> None:
     async def update_device(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request)
         body = await read_json(request)
-        display_name = body_str(body, "display_name", None, max_length=256)
-        if not await devices.set_display_name(
-            requester.user_id, request.match_info["deviceId"], display_name
-        ):
+        device_id = request.match_info["deviceId"]
+        if "display_name" in body:
+            display_name = body_str(body, "display_name", None, max_length=256)
+            found = await devices.set_display_name(requester.user_id, device_id, display_name)
+        else:  # "If not given, the display name is unchanged."
+            found = await devices.get_device(requester.user_id, device_id) is not None
+        if not found:
             raise not_found("Device not found")
         return json_response({})
 
@@ -64,8 +67,10 @@ def register(router: Router, hs: "HomeServer") -> None:
         requester = await hs.auth.get_requester(request)
         body = await read_json(request)
         body_str_list(body, "devices")
-        params = await hs.accounts.reauthenticate(request, body, requester.user_id)
-        await hs.accounts.delete_devices(requester.user_id, body_str_list(params, "devices"))
+        session = await hs.accounts.reauthenticate(request, body, requester.user_id)
+        await hs.accounts.delete_devices(
+            requester.user_id, body_str_list(session.clientdict, "devices")
+        )
         return json_response({})
 
     router.client("GET", "/devices", list_devices)

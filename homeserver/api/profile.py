@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..errors import MatrixError, bad_json, forbidden, invalid_param, not_found
-from ..http import Router, json_response, read_json
+from ..errors import MatrixError, forbidden, invalid_param, not_found
+from ..http import Router, body_str, json_response, read_json
 from ..ids import split_user_id
 
 if TYPE_CHECKING:
@@ -52,9 +52,7 @@ def register(router: Router, hs: "HomeServer") -> None:
             body = await read_json(request)
             if field not in body:
                 raise MatrixError(400, "M_MISSING_PARAM", f"Missing parameter: {field}")
-            value = body[field]
-            if value is not None and not isinstance(value, str):
-                raise bad_json(f"'{field}' must be a string")
+            value = body_str(body, field, None)
             if value is not None and len(value) > MAX_LENGTH[field]:
                 raise MatrixError(
                     400, "M_TOO_LARGE", f"'{field}' may be at most {MAX_LENGTH[field]} characters"

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..accounts.service import check_device_id, check_password_length
+from ..accounts.service import NEW_PASSWORD_HASH, check_device_id
 from ..accounts.uia import DUMMY, REGISTRATION_TOKEN
 from ..errors import MatrixError, forbidden, invalid_param
 from ..http import Router, body_bool, body_str, json_response, query_str, read_json
@@ -30,7 +30,6 @@ def register(router: Router, hs: "HomeServer") -> None:
         """Validate the registration parameters; returns them typed."""
         checked = {
             "username": body_str(params, "username", None, max_length=255),
-            "password": body_str(params, "password", None, max_length=4096),
             "device_id": body_str(params, "device_id", None),
             "initial_device_display_name": body_str(
                 params, "initial_device_display_name", None, max_length=256
@@ -38,8 +37,6 @@ def register(router: Router, hs: "HomeServer") -> None:
             "inhibit_login": body_bool(params, "inhibit_login"),
             "refresh_token": body_bool(params, "refresh_token"),
         }
-        if checked["password"] is not None:
-            check_password_length(checked["password"])
         if checked["device_id"] is not None:
             check_device_id(checked["device_id"])
         return checked
@@ -56,15 +53,23 @@ def register(router: Router, hs: "HomeServer") -> None:
             raise forbidden("Registration has been disabled")
 
         checked = _check_params(body)
+        password = body_str(body, "password", None, max_length=4096)
+        body.pop("password", None)  # never stored with the UIA session
         if checked["username"] is not None:
             # Tell the client about a taken or invalid name before any auth.
             await accounts.check_username_available(checked["username"])
 
-        completed, params, session = await hs.uia.check(request, body, _flows())
+        completed, params, session = await hs.uia.check(
+            request, body, _flows(), server_values=await accounts.new_password_values(password)
+        )
         checked = _check_params(params)
+        password_hash = session.serverdict.get(NEW_PASSWORD_HASH)
+        if password_hash is None:
+            # Only password sign-in exists: an account without one is useless.
+            raise MatrixError(400, "M_MISSING_PARAM", "Missing parameter: password")
         uid, login = await accounts.register(
             checked["username"],
-            checked["password"],
+            password_hash,
             device_id=checked["device_id"],
             initial_device_display_name=checked["initial_device_display_name"],
             inhibit_login=checked["inhibit_login"],
@@ -95,6 +100,8 @@ def register(router: Router, hs: "HomeServer") -> None:
 
     async def token_validity(request: web.Request) -> web.Response:
         validity_limiter.check(request.remote or "")
+        if not config.enable_registration:
+            raise forbidden("Registration has been disabled")
         token = query_str(request, "token")
         found = await hs.storage.registration.get_token(token)
         return json_response({"valid": found is not None and found.is_valid(now_ms())})

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..http import Router, json_response
-from ..rooms.versions import DEFAULT_ROOM_VERSION, SUPPORTED_ROOM_VERSIONS
+from ..events.model import DEFAULT_ROOM_VERSION, ROOM_VERSIONS
 
 if TYPE_CHECKING:
     from ..app import HomeServer
@@ -46,7 +46,7 @@ def register(router: Router, hs: "HomeServer") -> None:
                     "m.get_login_token": {"enabled": False},
                     "m.room_versions": {
                         "default": DEFAULT_ROOM_VERSION,
-                        "available": {v: "stable" for v in SUPPORTED_ROOM_VERSIONS},
+                        "available": {v: "stable" for v in ROOM_VERSIONS},
                     },
                 }
             }

@@ -34,6 +34,8 @@ CREATE TABLE refresh_tokens (
     user_id          TEXT NOT NULL,
     device_id        TEXT NOT NULL,
     created_ts       BIGINT NOT NULL,
+    -- end of the login session (session_lifetime); NULL: no end
+    session_expires_ts  BIGINT,
     -- the refresh token that replaced this one; this one is revoked as
     -- soon as its successor (or the successor's access token) is used
     next_token_hash  TEXT,
