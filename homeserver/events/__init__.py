@@ -1,0 +1,1 @@
+"""Events: the PDU format per room version, hashes, signatures, IDs, redaction."""

@@ -1,0 +1,432 @@
+"""The event graph: events, DAG edges, forward extremities, state groups,
+current state and current membership.
+
+Events and state groups never change once written, so both are cached
+without invalidation (a redaction is recorded beside the event, and the
+cached copy is dropped). Storage imports only the pure data model
+(`homeserver.events.model`), never services or HTTP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.events.model import ROOM_VERSIONS, Event, StateKey
+
+from .cache import LRUCache
+from .engines import Database, Transaction, placeholders
+
+# A delta chain longer than this gets a full snapshot instead.
+MAX_STATE_DELTA_CHAIN = 50
+_BATCH = 500
+
+StateMap = dict[StateKey, str]
+
+
+@dataclass(frozen=True)
+class EventPosition:
+    """Where an event sits: in the global stream and in its room's topology."""
+
+    stream_ordering: int
+    topological_ordering: int
+
+
+@dataclass(frozen=True)
+class PersistedEvent:
+    event: Event
+    position: EventPosition
+    state_group: int
+
+
+@dataclass(frozen=True)
+class Membership:
+    room_id: str
+    user_id: str
+    membership: str
+    event_id: str
+    stream_ordering: int
+    displayname: str | None
+    avatar_url: str | None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def room_lock_id(room_id: str) -> int:
+    """A stable 32-bit key for PostgreSQL advisory locks on one room."""
+    return zlib.crc32(room_id.encode()) - 2**31
+
+
+class EventStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._events: LRUCache[str, Event] = LRUCache("events", 50_000)
+        self._state_groups: LRUCache[int, StateMap] = LRUCache("state_groups", 5_000)
+        self._room_versions: LRUCache[str, str] = LRUCache("room_versions", 100_000)
+
+    # --------------------------------------------------------------- rooms
+
+    @staticmethod
+    async def insert_room_txn(
+        txn: Transaction, room_id: str, room_version: str, creator: str, now: int, is_public: bool
+    ) -> None:
+        await txn.execute(
+            "INSERT INTO rooms (room_id, room_version, creator, created_ts, is_public)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (room_id, room_version, creator, now, is_public),
+        )
+
+    async def get_room_version(self, room_id: str) -> str | None:
+        version = self._room_versions.get(room_id)
+        if version is None:
+            version = await self.db.fetchval(
+                "get_room_version", "SELECT room_version FROM rooms WHERE room_id = ?", (room_id,)
+            )
+            if version is not None:
+                self._room_versions.set(room_id, version)
+        return version
+
+    @staticmethod
+    async def lock_room_txn(txn: Transaction, dialect: str, room_id: str) -> None:
+        """Serialize writers to one room across processes (SQLite is serial already)."""
+        if dialect == "postgres":
+            await txn.execute("SELECT pg_advisory_xact_lock(?)", (room_lock_id(room_id),))
+
+    # -------------------------------------------------------------- events
+
+    def _event_from_row(self, row: Sequence[Any]) -> Event:
+        event_id, room_version, pdu_json, rejected, device_id, txn_id, redacted_by, replaces = row
+        return Event(
+            event_id,
+            ROOM_VERSIONS[room_version],
+            json.loads(pdu_json),
+            bool(rejected),
+            (device_id, txn_id) if txn_id is not None else None,
+            redacted_by,
+            replaces,
+        )
+
+    async def get_events(self, event_ids: Iterable[str]) -> dict[str, Event]:
+        """Events by ID (those that exist), from the cache where possible."""
+        found, missing = self._cached_events(event_ids)
+        if missing:
+            found.update(await self.db.run("get_events", self._fetch_events_txn, missing))
+        return found
+
+    async def get_events_txn(self, txn: Transaction, event_ids: Iterable[str]) -> dict[str, Event]:
+        """`get_events` inside an open transaction."""
+        found, missing = self._cached_events(event_ids)
+        if missing:
+            found.update(await self._fetch_events_txn(txn, missing))
+        return found
+
+    def _cached_events(self, event_ids: Iterable[str]) -> tuple[dict[str, Event], list[str]]:
+        found: dict[str, Event] = {}
+        missing = []
+        for event_id in event_ids:
+            event = self._events.get(event_id)
+            if event is None:
+                missing.append(event_id)
+            else:
+                found[event_id] = event
+        return found, missing
+
+    async def _fetch_events_txn(self, txn: Transaction, event_ids: list[str]) -> dict[str, Event]:
+        found: dict[str, Event] = {}
+        for i in range(0, len(event_ids), _BATCH):
+            batch = event_ids[i : i + _BATCH]
+            rows = await txn.fetchall(
+                "SELECT e.event_id, r.room_version, e.json, e.rejected, e.device_id, e.txn_id,"
+                " e.redacted_by, e.replaces_state"
+                " FROM events e JOIN rooms r ON r.room_id = e.room_id"
+                f" WHERE e.event_id IN ({placeholders(len(batch))})",
+                batch,
+            )
+            for row in rows:
+                event = self._event_from_row(row)
+                self._events.set(event.event_id, event)
+                found[event.event_id] = event
+        return found
+
+    async def get_event(self, event_id: str) -> Event | None:
+        return (await self.get_events([event_id])).get(event_id)
+
+    async def get_positions(self, event_ids: Iterable[str]) -> dict[str, tuple[EventPosition, int]]:
+        """(position, state group after the event) for each stored event."""
+        ids = list(event_ids)
+        result: dict[str, tuple[EventPosition, int]] = {}
+        for i in range(0, len(ids), _BATCH):
+            batch = ids[i : i + _BATCH]
+            rows = await self.db.fetchall(
+                "get_event_positions",
+                "SELECT event_id, stream_ordering, topological_ordering, state_group FROM events"
+                f" WHERE event_id IN ({placeholders(len(batch))})",
+                batch,
+            )
+            for event_id, stream, topo, group in rows:
+                result[event_id] = (EventPosition(stream, topo), group)
+        return result
+
+    def invalidate_event(self, event_id: str) -> None:
+        self._events.invalidate(event_id)
+
+    # ------------------------------------------------------------ the graph
+
+    @staticmethod
+    async def forward_extremities_txn(txn: Transaction, room_id: str) -> list[str]:
+        rows = await txn.fetchall(
+            "SELECT event_id FROM event_forward_extremities WHERE room_id = ?", (room_id,)
+        )
+        return [r[0] for r in rows]
+
+    @staticmethod
+    async def event_meta_txn(txn: Transaction, event_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(depth, state group) of each given event."""
+        if not event_ids:
+            return {}
+        rows = await txn.fetchall(
+            "SELECT event_id, topological_ordering, state_group FROM events"
+            f" WHERE event_id IN ({placeholders(len(event_ids))})",
+            list(event_ids),
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    @staticmethod
+    async def next_id_txn(txn: Transaction, dialect: str, table: str, column: str) -> int:
+        """The next value of a monotonically increasing ID column.
+
+        Room writes hold their room's lock, and SQLite serializes all writes,
+        so MAX()+1 is safe on SQLite; PostgreSQL uses a sequence.
+        """
+        if dialect == "postgres":
+            return await txn.fetchval(f"SELECT nextval('{table}_{column}_seq')")
+        return await txn.fetchval(f"SELECT COALESCE(MAX({column}), 0) + 1 FROM {table}")
+
+    async def persist_event_txn(
+        self,
+        txn: Transaction,
+        event: Event,
+        state_group: int,
+        *,
+        txn_id: str | None = None,
+        device_id: str | None = None,
+        replaces_state: str | None = None,
+    ) -> EventPosition:
+        """Write one event: its row, DAG edges and the room's new extremities.
+
+        State groups and current state are written by the caller (see
+        `store_state_group_txn` and `update_current_state_txn`).
+        """
+        stream = await self.next_id_txn(txn, self.db.dialect, "events", "stream_ordering")
+        relates = event.content.get("m.relates_to")
+        relates_to_id = relation_type = thread_id = None
+        if isinstance(relates, dict) and isinstance(relates.get("event_id"), str):
+            rel = relates.get("rel_type")
+            if isinstance(rel, str):
+                relates_to_id, relation_type = relates["event_id"], rel
+                if rel == "m.thread":
+                    thread_id = relates_to_id
+        contains_url = isinstance(event.content.get("url"), str)
+        await txn.execute(
+            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender,"
+            " topological_ordering, origin_server_ts, json, rejected, txn_id, device_id,"
+            " state_group, relates_to_id, relation_type, thread_id, contains_url, replaces_state)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                stream, event.event_id, event.room_id, event.type, event.state_key, event.sender,
+                event.depth, event.origin_server_ts, _dumps(event.pdu), event.rejected, txn_id,
+                device_id, state_group, relates_to_id, relation_type, thread_id, contains_url,
+                replaces_state,
+            ),
+        )
+        await txn.executemany(
+            "INSERT INTO event_edges (event_id, prev_event_id) VALUES (?, ?)",
+            [(event.event_id, p) for p in event.prev_event_ids],
+        )
+        await txn.executemany(
+            "INSERT INTO event_auth (event_id, auth_id) VALUES (?, ?)",
+            [(event.event_id, a) for a in event.auth_event_ids],
+        )
+        if event.prev_event_ids:
+            await txn.execute(
+                "DELETE FROM event_forward_extremities WHERE room_id = ?"
+                f" AND event_id IN ({placeholders(len(event.prev_event_ids))})",
+                (event.room_id, *event.prev_event_ids),
+            )
+        await txn.execute(
+            "INSERT INTO event_forward_extremities (room_id, event_id) VALUES (?, ?)",
+            (event.room_id, event.event_id),
+        )
+        event = dataclasses.replace(
+            event,
+            transaction=(device_id, txn_id) if txn_id is not None and device_id is not None else None,
+            replaces_state=replaces_state,
+        )
+        txn.call_after(lambda: self._events.set(event.event_id, event))
+        return EventPosition(stream, event.depth)
+
+    async def event_id_for_txn(
+        self, room_id: str, sender: str, device_id: str, txn_id: str
+    ) -> str | None:
+        return await self.db.fetchval(
+            "event_id_for_txn",
+            "SELECT event_id FROM events WHERE sender = ? AND device_id = ? AND txn_id = ?"
+            " AND room_id = ?",
+            (sender, device_id, txn_id, room_id),
+        )
+
+    # -------------------------------------------------------- state groups
+
+    async def store_state_group_txn(
+        self, txn: Transaction, room_id: str, prev_group: int | None, delta: StateMap
+    ) -> int:
+        """A new state group: `delta` over `prev_group` (or a full snapshot)."""
+        group_id = await self.next_id_txn(txn, self.db.dialect, "state_groups", "id")
+        chain_len = 0
+        entries = delta
+        if prev_group is not None:
+            prev_len = await txn.fetchval(
+                "SELECT chain_len FROM state_groups WHERE id = ?", (prev_group,)
+            )
+            if prev_len is not None and prev_len + 1 <= MAX_STATE_DELTA_CHAIN:
+                chain_len = prev_len + 1
+            else:
+                full = dict(await self.state_group_txn(txn, prev_group))
+                full.update(delta)
+                entries, prev_group = full, None
+        await txn.execute(
+            "INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES (?, ?, ?, ?)",
+            (group_id, room_id, prev_group, chain_len),
+        )
+        await txn.executemany(
+            "INSERT INTO state_group_entries (state_group, type, state_key, event_id)"
+            " VALUES (?, ?, ?, ?)",
+            [(group_id, t, k, e) for (t, k), e in entries.items()],
+        )
+        return group_id
+
+    async def state_group_txn(self, txn: Transaction, group: int) -> StateMap:
+        """The full state of a group: its delta chain, newest entries winning."""
+        cached = self._state_groups.get(group)
+        if cached is not None:
+            return cached
+        chain: list[int] = []
+        current: int | None = group
+        base: StateMap = {}
+        while current is not None:
+            hit = self._state_groups.get(current)
+            if hit is not None:
+                base = hit
+                break
+            chain.append(current)
+            current = await txn.fetchval("SELECT prev_group FROM state_groups WHERE id = ?", (current,))
+        state = dict(base)
+        if chain:
+            rows = await txn.fetchall(
+                "SELECT state_group, type, state_key, event_id FROM state_group_entries"
+                f" WHERE state_group IN ({placeholders(len(chain))})",
+                chain,
+            )
+            by_group: dict[int, list[tuple[str, str, str]]] = {}
+            for g, t, k, e in rows:
+                by_group.setdefault(g, []).append((t, k, e))
+            for g in reversed(chain):
+                for t, k, e in by_group.get(g, ()):
+                    state[(t, k)] = e
+        self._state_groups.set(group, state)
+        return state
+
+    async def get_state_group(self, group: int) -> StateMap:
+        cached = self._state_groups.get(group)
+        if cached is not None:
+            return cached
+        return await self.db.run("get_state_group", self.state_group_txn, group)
+
+    # ------------------------------------------------ current state, members
+
+    @staticmethod
+    async def update_current_state_txn(
+        txn: Transaction, event: Event, stream_ordering: int
+    ) -> None:
+        """Make a state event part of its room's current state (and membership)."""
+        await txn.execute(
+            "INSERT INTO current_state_events (room_id, type, state_key, event_id)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (room_id, type, state_key)"
+            " DO UPDATE SET event_id = excluded.event_id",
+            (event.room_id, event.type, event.state_key, event.event_id),
+        )
+        if event.type == "m.room.member" and event.membership is not None:
+            displayname = event.content.get("displayname")
+            avatar_url = event.content.get("avatar_url")
+            await txn.execute(
+                "INSERT INTO room_memberships (room_id, user_id, membership, event_id,"
+                " stream_ordering, displayname, avatar_url, forgotten)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, FALSE) ON CONFLICT (room_id, user_id) DO UPDATE SET"
+                " membership = excluded.membership, event_id = excluded.event_id,"
+                " stream_ordering = excluded.stream_ordering, displayname = excluded.displayname,"
+                " avatar_url = excluded.avatar_url, forgotten = FALSE",
+                (
+                    event.room_id, event.state_key, event.membership, event.event_id,
+                    stream_ordering,
+                    displayname if isinstance(displayname, str) else None,
+                    avatar_url if isinstance(avatar_url, str) else None,
+                ),
+            )
+
+    async def get_current_state_ids(
+        self, room_id: str, types: Iterable[StateKey] | None = None
+    ) -> StateMap:
+        """The room's current state, optionally only the given (type, state_key)s."""
+        if types is None:
+            rows = await self.db.fetchall(
+                "get_current_state",
+                "SELECT type, state_key, event_id FROM current_state_events WHERE room_id = ?",
+                (room_id,),
+            )
+            return {(t, k): e for t, k, e in rows}
+        wanted = list(types)
+        if not wanted:
+            return {}
+        clause = " OR ".join("(type = ? AND state_key = ?)" for _ in wanted)
+        rows = await self.db.fetchall(
+            "get_current_state_some",
+            f"SELECT type, state_key, event_id FROM current_state_events WHERE room_id = ? AND ({clause})",
+            (room_id, *[x for key in wanted for x in key]),
+        )
+        return {(t, k): e for t, k, e in rows}
+
+    async def get_membership(self, room_id: str, user_id: str) -> Membership | None:
+        row = await self.db.fetchone(
+            "get_membership",
+            "SELECT room_id, user_id, membership, event_id, stream_ordering, displayname, avatar_url"
+            " FROM room_memberships WHERE room_id = ? AND user_id = ?",
+            (room_id, user_id),
+        )
+        return Membership(*row) if row else None
+
+    async def rooms_for_user(self, user_id: str, memberships: Sequence[str] = ("join",)) -> list[Membership]:
+        rows = await self.db.fetchall(
+            "rooms_for_user",
+            "SELECT room_id, user_id, membership, event_id, stream_ordering, displayname, avatar_url"
+            f" FROM room_memberships WHERE user_id = ? AND membership IN ({placeholders(len(memberships))})"
+            " AND NOT forgotten",
+            (user_id, *memberships),
+        )
+        return [Membership(*r) for r in rows]
+
+    async def members_of_room(
+        self, room_id: str, memberships: Sequence[str] = ("join",)
+    ) -> list[Membership]:
+        rows = await self.db.fetchall(
+            "members_of_room",
+            "SELECT room_id, user_id, membership, event_id, stream_ordering, displayname, avatar_url"
+            f" FROM room_memberships WHERE room_id = ? AND membership IN ({placeholders(len(memberships))})",
+            (room_id, *memberships),
+        )
+        return [Membership(*r) for r in rows]
