@@ -25,6 +25,9 @@ from .accounts.service import Accounts
 from .accounts.uia import UserInteractiveAuth
 from .api import register_client_api
 from .config import Config
+from .events.client import ClientEventSerializer
+from .rooms.service import Rooms
+from .rooms.writer import RoomWriter
 from .http import COMPRESS_KEY, MAX_BODY_KEY, X_FORWARDED_KEY, Router, request_middleware
 
 logger = logging.getLogger(__name__)
@@ -50,6 +53,9 @@ class HomeServer:
         self.auth = Auth(self.storage)
         self.uia = UserInteractiveAuth(self.storage)
         self.accounts = Accounts(config, self.storage, self.uia)
+        self.room_writer = RoomWriter(self.storage, config.server_name, self.signing_key)
+        self.rooms = Rooms(self.storage, self.room_writer, config.server_name)
+        self.serializer = ClientEventSerializer(self.storage.events)
 
     async def start(self) -> None:
         await self.db.open()

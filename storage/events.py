@@ -271,14 +271,19 @@ class EventStore:
         txn.call_after(lambda: self._events.set(event.event_id, event))
         return EventPosition(stream, event.depth)
 
-    async def event_id_for_txn(
-        self, room_id: str, sender: str, device_id: str, txn_id: str
-    ) -> str | None:
-        return await self.db.fetchval(
-            "event_id_for_txn",
-            "SELECT event_id FROM events WHERE sender = ? AND device_id = ? AND txn_id = ?"
-            " AND room_id = ?",
-            (sender, device_id, txn_id, room_id),
+    async def mark_redacted_txn(self, txn: Transaction, target_id: str, redaction_id: str) -> None:
+        """Record an accepted redaction; clients then see the target redacted."""
+        await txn.execute(
+            "UPDATE events SET redacted_by = ? WHERE event_id = ? AND redacted_by IS NULL",
+            (redaction_id, target_id),
+        )
+        txn.call_after(lambda: self._events.invalidate(target_id))
+
+    async def forget_room(self, user_id: str, room_id: str) -> None:
+        await self.db.execute(
+            "forget_room",
+            "UPDATE room_memberships SET forgotten = TRUE WHERE user_id = ? AND room_id = ?",
+            (user_id, room_id),
         )
 
     # -------------------------------------------------------- state groups

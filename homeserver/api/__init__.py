@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..http import Router
-from . import account, admin, devices, login, profile, register, versions
+from . import account, admin, devices, login, membership, profile, register, rooms, versions
 
 if TYPE_CHECKING:
     from ..app import HomeServer
 
 
 def register_client_api(router: Router, hs: "HomeServer") -> None:
-    for module in (versions, login, register, account, devices, profile, admin):
+    for module in (versions, login, register, account, devices, profile, admin, rooms, membership):
         module.register(router, hs)

@@ -58,6 +58,7 @@ def register(router: Router, hs: "HomeServer") -> None:
                     400, "M_TOO_LARGE", f"'{field}' may be at most {MAX_LENGTH[field]} characters"
                 )
             await users.set_profile_field(uid, field, value or None)
+            await hs.rooms.update_profile_in_rooms(uid)
             return json_response({})
 
         return get_field, set_field

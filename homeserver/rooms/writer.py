@@ -279,6 +279,10 @@ class RoomWriter:
         )
         if event.is_state:
             await EventStore.update_current_state_txn(txn, event, position.stream_ordering)
+        if event.redacts is not None:
+            # Local redactions are only sent once the service has checked the
+            # sender may redact the target (see Rooms.redact), so they apply.
+            await self.events.mark_redacted_txn(txn, event.redacts, event.event_id)
         head.events[event.event_id] = event
         head.prev_event_ids = [event.event_id]
         head.depth = event.depth

@@ -1,0 +1,152 @@
+"""Rooms: create, send, state, single events, redactions, joined rooms."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..errors import forbidden, invalid_param, not_found
+from ..http import Router, body_str, json_response, read_json
+
+if TYPE_CHECKING:
+    from ..app import HomeServer
+
+MAX_TYPE_LENGTH = 255
+MAX_TXN_ID_LENGTH = 255
+
+
+def _event_type(request: web.Request) -> str:
+    event_type = request.match_info["eventType"]
+    if not event_type or len(event_type.encode()) > MAX_TYPE_LENGTH:
+        raise invalid_param("Event type must be 1 to 255 bytes")
+    return event_type
+
+
+def _txn_id(request: web.Request) -> str:
+    txn_id = request.match_info["txnId"]
+    if not txn_id or len(txn_id) > MAX_TXN_ID_LENGTH:
+        raise invalid_param("Transaction ID must be 1 to 255 characters")
+    return txn_id
+
+
+def register(router: Router, hs: "HomeServer") -> None:
+    rooms = hs.rooms
+    events = hs.storage.events
+
+    async def create_room(request: web.Request) -> web.Response:
+        requester = await hs.auth.get_requester(request)
+        body = await read_json(request, allow_empty=True)
+        room_id = await rooms.create_room(requester.user_id, body)
+        return json_response({"room_id": room_id})
+
+    async def send_message(request: web.Request) -> web.Response:
+        requester = await hs.auth.get_requester(request, allow_guest=True)
+        room_id = request.match_info["roomId"]
+        event_type = _event_type(request)
+        txn_id = _txn_id(request)
+        content = await read_json(request)
+        event_id = await rooms.send_event(
+            requester.user_id,
+            room_id,
+            event_type,
+            content,
+            txn_id=txn_id,
+            device_id=requester.device_id,
+        )
+        return json_response({"event_id": event_id})
+
+    async def put_state(request: web.Request) -> web.Response:
+        requester = await hs.auth.get_requester(request)
+        room_id = request.match_info["roomId"]
+        event_type = _event_type(request)
+        state_key = request.match_info.get("stateKey", "")
+        if len(state_key.encode()) > 255:
+            raise invalid_param("State key must be at most 255 bytes")
+        content = await read_json(request)
+        if event_type == "m.room.member":
+            raise invalid_param("Use the membership endpoints (/invite, /join, /leave, ...)")
+        event_id = await rooms.send_event(
+            requester.user_id, room_id, event_type, content, state_key=state_key
+        )
+        return json_response({"event_id": event_id})
+
+    async def _readable_state(user_id: str, room_id: str) -> dict:
+        """The state the user may read: current, or as it was when they left."""
+        membership = await rooms.check_can_read(user_id, room_id)
+        if membership is not None and membership.membership in ("leave", "ban"):
+            positions = await events.get_positions([membership.event_id])
+            return await events.get_state_group(positions[membership.event_id][1])
+        if membership is not None and membership.membership == "invite":
+            raise forbidden("Join the room to see its state")
+        return await events.get_current_state_ids(room_id)
+
+    async def get_state(request: web.Request) -> web.Response:
+        requester = await hs.auth.get_requester(request, allow_guest=True)
+        room_id = request.match_info["roomId"]
+        rooms.check_room_id(room_id)
+        state = await _readable_state(requester.user_id, room_id)
+        found = await events.get_events(state.values())
+        serialized = await hs.serializer.serialize(found.values())
+        return json_response(serialized)
+
+    async def get_state_event(request: web.Request) -> web.Response:
+        requester = await hs.auth.get_requester(request, allow_guest=True)
+        room_id = request.match_info["roomId"]
+        rooms.check_room_id(room_id)
+        key = (request.match_info["eventType"], request.match_info.get("stateKey", ""))
+        state = await _readable_state(requester.user_id, room_id)
+        event_id = state.get(key)
+        event = await events.get_event(event_id) if event_id else None
+        if event is None:
+            raise not_found("State event not found")
+        if request.query.get("format") == "event":
+            return json_response((await hs.serializer.serialize([event]))[0])
+        if request.query.get("format", "content") != "content":
+            raise invalid_param("format must be 'content' or 'event'")
+        serialized = await hs.serializer.serialize([event])
+        return json_response(serialized[0]["content"])
+
+    async def get_event(request: web.Request) -> web.Response:
+        requester = await hs.auth.get_requester(request, allow_guest=True)
+        room_id = request.match_info["roomId"]
+        rooms.check_room_id(room_id)
+        event = await rooms.visible_event(requester.user_id, room_id, request.match_info["eventId"])
+        serialized = await hs.serializer.serialize(
+            [event], device=(requester.user_id, requester.device_id)
+        )
+        return json_response(serialized[0])
+
+    async def redact(request: web.Request) -> web.Response:
+        requester = await hs.auth.get_requester(request)
+        room_id = request.match_info["roomId"]
+        txn_id = _txn_id(request)
+        body = await read_json(request, allow_empty=True)
+        reason = body_str(body, "reason", None, max_length=1024)
+        event_id = await rooms.redact(
+            requester.user_id,
+            room_id,
+            request.match_info["eventId"],
+            reason,
+            txn_id,
+            requester.device_id,
+        )
+        return json_response({"event_id": event_id})
+
+    async def joined_rooms(request: web.Request) -> web.Response:
+        requester = await hs.auth.get_requester(request, allow_guest=True)
+        memberships = await events.rooms_for_user(requester.user_id)
+        return json_response({"joined_rooms": [m.room_id for m in memberships]})
+
+    router.client("POST", "/createRoom", create_room)
+    router.client("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}", send_message)
+    router.client("PUT", "/rooms/{roomId}/state/{eventType}", put_state)
+    # State keys may be empty or contain slashes.
+    router.client("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", put_state)
+    router.client("GET", "/rooms/{roomId}/state", get_state)
+    router.client("GET", "/rooms/{roomId}/state/{eventType}", get_state_event)
+    router.client("GET", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", get_state_event)
+    router.client("GET", "/rooms/{roomId}/event/{eventId}", get_event)
+    router.client("PUT", "/rooms/{roomId}/redact/{eventId}/{txnId}", redact)
+    router.client("GET", "/joined_rooms", joined_rooms)
+
