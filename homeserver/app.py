@@ -26,7 +26,12 @@ from .accounts.uia import UserInteractiveAuth
 from .api import register_client_api
 from .config import Config
 from .events.client import ClientEventSerializer
+from .rooms.directory import Directory
+from .rooms.hierarchy import RoomHierarchy
+from .rooms.history import RoomHistory
+from .rooms.relations import Relations
 from .rooms.service import Rooms
+from .rooms.upgrade import RoomUpgrader
 from .rooms.writer import RoomWriter
 from .http import COMPRESS_KEY, MAX_BODY_KEY, X_FORWARDED_KEY, Router, request_middleware
 
@@ -55,7 +60,12 @@ class HomeServer:
         self.accounts = Accounts(config, self.storage, self.uia)
         self.room_writer = RoomWriter(self.storage, config.server_name, self.signing_key)
         self.rooms = Rooms(self.storage, self.room_writer, config.server_name)
-        self.serializer = ClientEventSerializer(self.storage.events)
+        self.serializer = ClientEventSerializer(self.storage.events, self.storage.relations)
+        self.relations = Relations(self.storage, self.rooms)
+        self.directory = Directory(self.storage, self.rooms, config.server_name)
+        self.hierarchy = RoomHierarchy(self.storage, self.rooms)
+        self.upgrades = RoomUpgrader(self.storage, self.rooms, self.room_writer)
+        self.history = RoomHistory(self.storage, self.rooms)
 
     async def start(self) -> None:
         await self.db.open()

@@ -10,9 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from .devices import DeviceStore
+from .directory import DirectoryStore
 from .engines import Database, PostgresDatabase, SQLiteDatabase
 from .events import EventStore
+from .history import HistoryStore
 from .registration import RegistrationStore
+from .relations import RelationStore
+from .reports import ReportStore
+from .spaces import SpaceStore
 from .uia import UIAStore
 from .users import UserStore
 
@@ -49,3 +54,8 @@ class Storage:
         self.registration = RegistrationStore(db)
         self.uia = UIAStore(db)
         self.events = EventStore(db)
+        self.history = HistoryStore(db)
+        self.relations = RelationStore(db)
+        self.directory = DirectoryStore(db)
+        self.reports = ReportStore(db)
+        self.spaces = SpaceStore(db)

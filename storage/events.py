@@ -406,6 +406,41 @@ class EventStore:
         )
         return {(t, k): e for t, k, e in rows}
 
+    async def get_current_state_ids_for_rooms(
+        self, room_ids: Sequence[str], types: Sequence[str]
+    ) -> dict[str, StateMap]:
+        """Several rooms' current state events of the given types (any state key), in one read."""
+        result: dict[str, StateMap] = {room_id: {} for room_id in room_ids}
+        if not types:
+            return result
+        for i in range(0, len(room_ids), _BATCH):
+            batch = list(room_ids[i : i + _BATCH])
+            rows = await self.db.fetchall(
+                "get_current_state_for_rooms",
+                "SELECT room_id, type, state_key, event_id FROM current_state_events"
+                f" WHERE room_id IN ({placeholders(len(batch))})"
+                f" AND type IN ({placeholders(len(types))})",
+                (*batch, *types),
+            )
+            for room_id, t, k, e in rows:
+                result[room_id][(t, k)] = e
+        return result
+
+    async def count_joined_members(self, room_ids: Sequence[str]) -> dict[str, int]:
+        """How many users are joined to each room (0 for unknown rooms)."""
+        counts = {room_id: 0 for room_id in room_ids}
+        for i in range(0, len(room_ids), _BATCH):
+            batch = list(room_ids[i : i + _BATCH])
+            rows = await self.db.fetchall(
+                "count_joined_members",
+                "SELECT room_id, COUNT(*) FROM room_memberships"
+                f" WHERE room_id IN ({placeholders(len(batch))}) AND membership = 'join'"
+                " GROUP BY room_id",
+                batch,
+            )
+            counts.update({room_id: count for room_id, count in rows})
+        return counts
+
     async def get_membership(self, room_id: str, user_id: str) -> Membership | None:
         row = await self.db.fetchone(
             "get_membership",

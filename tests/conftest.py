@@ -116,6 +116,8 @@ class Response:
 class TestServer:
     """A running homeserver and an HTTP client pointed at it."""
 
+    __test__ = False  # not a test class, whatever its name
+
     hs: HomeServer
     url: str
     http: aiohttp.ClientSession

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 
 from homeserver.accounts.passwords import PasswordHasher
 from homeserver.config import Config, parse_config

@@ -6,12 +6,30 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..http import Router
-from . import account, admin, devices, login, membership, profile, register, rooms, versions
+from . import (
+    account,
+    admin,
+    devices,
+    directory,
+    history,
+    login,
+    membership,
+    profile,
+    register,
+    relations,
+    reports,
+    rooms,
+    spaces,
+    versions,
+)
 
 if TYPE_CHECKING:
     from ..app import HomeServer
 
 
 def register_client_api(router: Router, hs: "HomeServer") -> None:
-    for module in (versions, login, register, account, devices, profile, admin, rooms, membership):
+    for module in (
+        versions, login, register, account, devices, profile, admin,
+        rooms, membership, history, relations, directory, spaces, reports,
+    ):
         module.register(router, hs)

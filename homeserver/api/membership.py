@@ -31,7 +31,12 @@ def register(router: Router, hs: "HomeServer") -> None:
         body = await read_json(request, allow_empty=True)
         room_id = await resolve_room(request.match_info["roomIdOrAlias"])
         await rooms.update_membership(
-            requester.user_id, room_id, requester.user_id, "join", reason=await _reason(body)
+            requester.user_id,
+            room_id,
+            requester.user_id,
+            "join",
+            reason=await _reason(body),
+            guest=requester.is_guest,
         )
         return json_response({"room_id": room_id})
 
@@ -40,7 +45,12 @@ def register(router: Router, hs: "HomeServer") -> None:
         body = await read_json(request, allow_empty=True)
         room_id = request.match_info["roomId"]
         await rooms.update_membership(
-            requester.user_id, room_id, requester.user_id, "join", reason=await _reason(body)
+            requester.user_id,
+            room_id,
+            requester.user_id,
+            "join",
+            reason=await _reason(body),
+            guest=requester.is_guest,
         )
         return json_response({"room_id": room_id})
 

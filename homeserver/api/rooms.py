@@ -8,6 +8,7 @@ from aiohttp import web
 
 from ..errors import forbidden, invalid_param, not_found
 from ..http import Router, body_str, json_response, read_json
+from ..rooms.creation import check_state_content
 
 if TYPE_CHECKING:
     from ..app import HomeServer
@@ -37,7 +38,8 @@ def register(router: Router, hs: "HomeServer") -> None:
     async def create_room(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request)
         body = await read_json(request, allow_empty=True)
-        room_id = await rooms.create_room(requester.user_id, body)
+        # The directory reserves `room_alias_name` before the room is created.
+        room_id = await hs.directory.create_room(requester.user_id, body)
         return json_response({"room_id": room_id})
 
     async def send_message(request: web.Request) -> web.Response:
@@ -65,7 +67,21 @@ def register(router: Router, hs: "HomeServer") -> None:
             raise invalid_param("State key must be at most 255 bytes")
         content = await read_json(request)
         if event_type == "m.room.member":
-            raise invalid_param("Use the membership endpoints (/invite, /join, /leave, ...)")
+            # Clients set per-room display names this way (Element's /myroomnick).
+            membership = body_str(content, "membership", max_length=16)
+            if membership not in ("join", "invite", "leave", "ban", "knock"):
+                raise invalid_param(f"Unknown membership: {membership!r}")
+            extra = {k: v for k, v in content.items() if k not in ("membership", "reason")}
+            event_id = await rooms.update_membership(
+                requester.user_id,
+                room_id,
+                state_key,
+                membership,
+                reason=body_str(content, "reason", None, max_length=1024),
+                extra=extra,
+            )
+            return json_response({"event_id": event_id})
+        check_state_content(event_type, content)
         event_id = await rooms.send_event(
             requester.user_id, room_id, event_type, content, state_key=state_key
         )

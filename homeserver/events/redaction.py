@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .model import RoomVersion
+from .model import Event, RoomVersion
 
 _V9_TOP_LEVEL_KEYS = frozenset(
     {
@@ -89,3 +89,10 @@ def _redact_content(event_type: str, content: Any, v11: bool) -> dict[str, Any]:
                 key: value for key, value in third_party_invite.items() if key == "signed"
             }
     return kept
+
+
+def state_content(event: Event) -> dict[str, Any]:
+    """The content in force: a redacted event keeps only what redaction leaves."""
+    if event.redacted_by is None:
+        return event.content
+    return redact(event.pdu, event.room_version)["content"]

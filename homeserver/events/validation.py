@@ -146,7 +146,7 @@ def _require(pdu: dict[str, Any], key: str, expected: type) -> None:
         raise EventValidationError("M_BAD_JSON", f"'{key}' must be {_TYPE_NAMES[expected]}")
 
 
-def _is_server_name(name: str) -> bool:
+def is_server_name(name: str) -> bool:
     return _SERVER_NAME.fullmatch(name) is not None
 
 
@@ -158,7 +158,7 @@ def _is_user_id(user_id: str) -> bool:
     if not user_id.startswith("@") or len(user_id.encode()) > MAX_ID_BYTES:
         return False
     localpart, colon, server_name = user_id[1:].partition(":")
-    return bool(colon) and "\x00" not in localpart and _is_server_name(server_name)
+    return bool(colon) and "\x00" not in localpart and is_server_name(server_name)
 
 
 def _is_room_id(room_id: str, room_version: RoomVersion) -> bool:
@@ -167,7 +167,7 @@ def _is_room_id(room_id: str, room_version: RoomVersion) -> bool:
     if room_version.hashed_room_ids:
         return _HASH_ID.fullmatch(room_id[1:]) is not None
     localpart, colon, server_name = room_id[1:].partition(":")
-    return bool(colon) and "\x00" not in localpart and _is_server_name(server_name)
+    return bool(colon) and "\x00" not in localpart and is_server_name(server_name)
 
 
 def _is_event_id(event_id: Any) -> bool:

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from storage import Storage
 
-from ..errors import MatrixError, bad_json, invalid_param
+from ..errors import MatrixError, bad_json, forbidden, invalid_param, not_found
 from ..events.model import DEFAULT_ROOM_VERSION, ROOM_VERSIONS, RoomVersion
 from ..ids import split_user_id
 from .writer import EventRequest, NewRoom, RoomWriter, SentEvent
+
+# The member content of an invite of this user; raises if they cannot be invited.
+InviteeContent = Callable[[str], Awaitable[dict[str, Any]]]
 
 PRESETS = {
     "private_chat": {"join_rule": "invite", "history_visibility": "shared", "guest_access": "can_join"},
@@ -31,6 +35,18 @@ PRESETS = {
 }
 
 _ROOM_ID_CHARS = string.ascii_letters
+
+# The closed sets the spec gives for the state that decides who may join and
+# read. A mistyped value would lock everyone out (the auth rules allow no join
+# under an unknown join rule), so clients are refused one up front.
+STATE_VALUES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "m.room.join_rules": (
+        "join_rule",
+        ("public", "knock", "invite", "private", "restricted", "knock_restricted"),
+    ),
+    "m.room.history_visibility": ("history_visibility", ("invited", "joined", "shared", "world_readable")),
+    "m.room.guest_access": ("guest_access", ("can_join", "forbidden")),
+}
 
 
 def default_power_levels(room_version: RoomVersion, creator: str) -> dict[str, Any]:
@@ -71,22 +87,27 @@ class RoomCreator:
         body: dict[str, Any],
         member_content: dict[str, Any],
         canonical_alias: str | None = None,
+        invitee_content: InviteeContent | None = None,
     ) -> tuple[str, list[SentEvent]]:
         """Create the room `body` describes; returns its ID and the events sent.
 
-        `member_content` is the creator's member event content (profile).
-        Reserving `canonical_alias` in the directory is the caller's job.
+        `member_content` is the creator's member event content (profile);
+        `invitee_content` gives an invitee's (see `invite_content`), and
+        refuses users who cannot be invited. Reserving `canonical_alias` in
+        the directory is the caller's job.
         """
-        version_id = body.get("room_version", DEFAULT_ROOM_VERSION)
-        if not isinstance(version_id, str) or version_id not in ROOM_VERSIONS:
+        version_id = _string(body, "room_version", DEFAULT_ROOM_VERSION)
+        if version_id not in ROOM_VERSIONS:
             raise MatrixError(
                 400, "M_UNSUPPORTED_ROOM_VERSION", f"Unsupported room version: {version_id!r}"
             )
         version = ROOM_VERSIONS[version_id]
-        visibility = body.get("visibility", "private")
+        visibility = _string(body, "visibility", "private")
         if visibility not in ("public", "private"):
             raise invalid_param("visibility must be 'public' or 'private'")
-        preset_name = body.get("preset", "public_chat" if visibility == "public" else "private_chat")
+        preset_name = _string(
+            body, "preset", "public_chat" if visibility == "public" else "private_chat"
+        )
         if preset_name not in PRESETS:
             raise invalid_param(f"Unknown preset: {preset_name!r}")
         preset = PRESETS[preset_name]
@@ -94,11 +115,16 @@ class RoomCreator:
         for uid in invites:
             if split_user_id(uid) is None:
                 raise invalid_param(f"Invalid user ID in invite: {uid!r}")
+        invite_contents = [await invitee_content(uid) if invitee_content else {} for uid in invites]
         creation_content = _object(body, "creation_content")
         pl_override = _object(body, "power_level_content_override")
         initial_state = body.get("initial_state", [])
         if not isinstance(initial_state, list) or not all(
-            isinstance(e, dict) and isinstance(e.get("type"), str) for e in initial_state
+            isinstance(e, dict)
+            and isinstance(e.get("type"), str)
+            and isinstance(e.get("state_key", ""), str)
+            and isinstance(e.get("content", {}), dict)
+            for e in initial_state
         ):
             raise bad_json("initial_state must be a list of {type, state_key, content} objects")
         for key in ("name", "topic"):
@@ -112,13 +138,20 @@ class RoomCreator:
         create_content["room_version"] = version.identifier
         if not version.v11_semantics:
             create_content["creator"] = creator
+        trusted = preset_name == "trusted_private_chat"
+        if trusted and version.creators_are_infinitely_powerful and invites:
+            # v12+: invitees get the creator's (infinite) power as additional creators.
+            extra = create_content.get("additional_creators", [])
+            if not isinstance(extra, list):
+                raise bad_json("'additional_creators' must be a list of user IDs")
+            create_content["additional_creators"] = list(dict.fromkeys([*extra, *invites]))
 
         requests = [
             EventRequest("m.room.create", creator, create_content, state_key=""),
             EventRequest("m.room.member", creator, {**member_content, "membership": "join"}, state_key=creator),
         ]
         power_levels = default_power_levels(version, creator)
-        if preset_name == "trusted_private_chat":
+        if trusted and not version.creators_are_infinitely_powerful:
             for uid in invites:
                 power_levels["users"][uid] = 100
         power_levels.update(pl_override)
@@ -137,11 +170,11 @@ class RoomCreator:
             if (event_type, "") not in state_keys_given:
                 requests.append(EventRequest(event_type, creator, content, state_key=""))
         for state in initial_state:
-            state_key = state.get("state_key", "")
             content = state.get("content", {})
-            if not isinstance(state_key, str) or not isinstance(content, dict):
-                raise bad_json("initial_state entries need a string state_key and an object content")
-            requests.append(EventRequest(state["type"], creator, content, state_key=state_key))
+            check_state_content(state["type"], content)
+            requests.append(
+                EventRequest(state["type"], creator, content, state_key=state.get("state_key", ""))
+            )
         if "name" in body:
             requests.append(EventRequest("m.room.name", creator, {"name": body["name"]}, state_key=""))
         if "topic" in body:
@@ -149,27 +182,76 @@ class RoomCreator:
                 EventRequest(
                     "m.room.topic",
                     creator,
-                    {"topic": body["topic"], "m.topic": [{"body": body["topic"], "mimetype": "text/plain"}]},
+                    {
+                        "topic": body["topic"],
+                        "m.topic": {"m.text": [{"body": body["topic"], "mimetype": "text/plain"}]},
+                    },
                     state_key="",
                 )
             )
-        for uid in invites:
-            content: dict[str, Any] = {"membership": "invite"}
+        for uid, profile in zip(invites, invite_contents):
+            invite: dict[str, Any] = {**profile, "membership": "invite"}
             if is_direct:
-                content["is_direct"] = True
-            requests.append(EventRequest("m.room.member", creator, content, state_key=uid))
+                invite["is_direct"] = True
+            requests.append(EventRequest("m.room.member", creator, invite, state_key=uid))
 
         room_id = (
             None
             if version.hashed_room_ids
             else "!" + "".join(secrets.choice(_ROOM_ID_CHARS) for _ in range(18)) + f":{self.server_name}"
         )
-        sent = await self.writer.write(
-            None,
-            requests,
-            new_room=NewRoom(version, creator, visibility == "public", room_id),
-        )
+        try:
+            sent = await self.writer.write(
+                None,
+                requests,
+                new_room=NewRoom(version, creator, visibility == "public", room_id),
+            )
+        except MatrixError as err:
+            if err.errcode != "M_FORBIDDEN":
+                raise
+            # Every event here is the creator's: the auth rules refusing one
+            # means the request describes a room that cannot exist.
+            raise MatrixError(400, "M_INVALID_ROOM_STATE", err.error) from None
         return sent[0].event.room_id, sent
+
+
+async def profile_content(storage: Storage, user_id: str) -> dict[str, Any] | None:
+    """The display name and avatar a member event carries; None for an unknown user."""
+    profile = await storage.users.get_profile(user_id)
+    if profile is None:
+        return None
+    fields = {"displayname": profile.displayname, "avatar_url": profile.avatar_url}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+async def invite_content(storage: Storage, server_name: str, user_id: str) -> dict[str, Any]:
+    """The profile an invite of `user_id` carries; refuses users this server cannot invite."""
+    parts = split_user_id(user_id)
+    if parts is None:
+        raise invalid_param(f"Invalid user ID: {user_id!r}")
+    if parts[1] != server_name:
+        raise forbidden("Inviting users of other servers needs federation, which is not enabled")
+    content = await profile_content(storage, user_id)
+    if content is None:
+        raise not_found(f"Unknown user: {user_id}")
+    return content
+
+
+def check_state_content(event_type: str, content: dict[str, Any]) -> None:
+    """Refuse (M_BAD_JSON) a join rule, history visibility or guest access the spec does not define."""
+    rule = STATE_VALUES.get(event_type)
+    if rule is None:
+        return
+    key, allowed = rule
+    if content.get(key) not in allowed:
+        raise bad_json(f"'{key}' of {event_type} must be one of: {', '.join(allowed)}")
+
+
+def _string(body: dict[str, Any], key: str, default: str) -> str:
+    value = body.get(key, default)
+    if not isinstance(value, str):
+        raise bad_json(f"'{key}' must be a string")
+    return value
 
 
 def _user_list(body: dict[str, Any], key: str) -> list[str]:

@@ -9,23 +9,27 @@ every joined room.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 from storage import Storage
+from storage.engines import Transaction
 from storage.events import Membership
 
 from ..errors import MatrixError, forbidden, invalid_param, not_found
 from ..events.model import Event
 from ..ids import split_user_id
-from .creation import RoomCreator
-from .power_levels import PowerLevels
+from .creation import RoomCreator, invite_content, profile_content
+from .directory import CANONICAL_ALIAS_TYPE, check_canonical_alias
+from .power_levels import CREATE_KEY, POWER_LEVELS_KEY, PowerLevels
 from .visibility import HISTORY_KEY, filter_events_for_user
 from .writer import EventRequest, RoomHead, RoomWriter
 
 logger = logging.getLogger(__name__)
 
 JOIN_RULES_KEY = ("m.room.join_rules", "")
+GUEST_ACCESS_KEY = ("m.room.guest_access", "")
 MAX_REASON_LENGTH = 1024
 
 
@@ -57,14 +61,7 @@ class Rooms:
 
     async def member_content(self, user_id: str) -> dict[str, Any]:
         """The profile fields a member event carries."""
-        profile = await self.storage.users.get_profile(user_id)
-        content: dict[str, Any] = {}
-        if profile is not None:
-            if profile.displayname is not None:
-                content["displayname"] = profile.displayname
-            if profile.avatar_url is not None:
-                content["avatar_url"] = profile.avatar_url
-        return content
+        return await profile_content(self.storage, user_id) or {}
 
     async def current_state_events(self, room_id: str, keys: list[tuple[str, str]] | None = None) -> dict[tuple[str, str], Event]:
         ids = await self.events.get_current_state_ids(room_id, keys)
@@ -83,7 +80,11 @@ class Rooms:
         self, user_id: str, body: dict[str, Any], canonical_alias: str | None = None
     ) -> str:
         room_id, _sent = await self.creator.create_room(
-            user_id, body, await self.member_content(user_id), canonical_alias
+            user_id,
+            body,
+            await self.member_content(user_id),
+            canonical_alias,
+            invitee_content=functools.partial(invite_content, self.storage, self.server_name),
         )
         logger.info("%s created %s", user_id, room_id)
         return room_id
@@ -108,6 +109,8 @@ class Rooms:
             raise invalid_param("Use the membership endpoints to change membership")
         if event_type == "m.room.create":
             raise forbidden("A room has only one m.room.create event")
+        if event_type == CANONICAL_ALIAS_TYPE and state_key == "":
+            await check_canonical_alias(self, room_id, content)
         sent = await self.writer.write(
             room_id,
             [EventRequest(event_type, user_id, content, state_key, txn_id, device_id)],
@@ -134,10 +137,10 @@ class Rooms:
         if reason is not None:
             content["reason"] = reason
 
-        async def check(head: RoomHead, request: EventRequest) -> None:
+        async def check(txn: Transaction, head: RoomHead, request: EventRequest) -> None:
             if target.sender == user_id:
                 return
-            await self._require_redact_power(head, user_id)
+            await self._require_redact_power(txn, head, user_id)
 
         sent = await self.writer.write(
             room_id,
@@ -146,10 +149,10 @@ class Rooms:
         )
         return sent[0].event.event_id
 
-    async def _require_redact_power(self, head: RoomHead, user_id: str) -> None:
-        keys = [("m.room.create", ""), ("m.room.power_levels", "")]
+    async def _require_redact_power(self, txn: Transaction, head: RoomHead, user_id: str) -> None:
+        keys = [CREATE_KEY, POWER_LEVELS_KEY]
         ids = [head.state[k] for k in keys if k in head.state]
-        found = await self.events.get_events(ids)
+        found = await self.events.get_events_txn(txn, ids)
         levels = PowerLevels.from_state({k: found[head.state[k]] for k in keys if k in head.state})
         if levels.user_level(user_id) < levels.redact:
             raise forbidden(
@@ -171,12 +174,14 @@ class Rooms:
         reason: str | None = None,
         extra: dict[str, Any] | None = None,
         require_current: tuple[str, ...] | None = None,
+        guest: bool = False,
     ) -> str:
         """Send an m.room.member event for `target`; the auth rules decide if it is allowed.
 
         `require_current` lists the memberships the target must have now
         (unban: a ban; kick: in the room), for a clearer refusal than the
-        auth rules would give.
+        auth rules would give. `guest` says the sender is a guest, who may
+        only join rooms that let guests in.
         """
         await self.require_room(room_id)
         if split_user_id(target) is None:
@@ -186,15 +191,12 @@ class Rooms:
         current = await self.membership(room_id, target)
         if require_current is not None and (current is None or current.membership not in require_current):
             raise forbidden(f"{target} is not {' or '.join(require_current)} in this room")
-        if membership == "invite":
-            if split_user_id(target)[1] != self.server_name:  # type: ignore[index]
-                raise forbidden("Inviting users of other servers needs federation, which is not enabled")
-            if not await self.storage.users.user_exists(target):
-                raise not_found(f"Unknown user: {target}")
         content: dict[str, Any] = {"membership": membership}
-        if membership in ("join", "invite", "knock"):
+        if membership == "invite":
+            content.update(await invite_content(self.storage, self.server_name, target))
+        elif membership in ("join", "knock"):
             content.update(await self.member_content(target))
-        if membership == "join" and current is not None and current.membership == "join":
+        if membership == "join" and current is not None and current.membership == "join" and not extra:
             return current.event_id  # already joined: nothing to change
         if membership == "leave" and sender == target and (current is None or current.membership == "leave"):
             if current is None:
@@ -204,64 +206,57 @@ class Rooms:
             content["reason"] = reason
         if extra:
             content.update(extra)
-
-        check = self._restricted_join_check(target) if membership == "join" else None
+        if guest and membership == "join" and (current is None or current.membership != "join"):
+            await self._require_guest_access(room_id)
+        if membership == "join" and (current is None or current.membership not in ("join", "invite")):
+            authoriser = await self._join_authoriser(room_id, target)
+            if authoriser is not None:
+                content["join_authorised_via_users_server"] = authoriser
         sent = await self.writer.write(
-            room_id,
-            [EventRequest("m.room.member", sender, content, state_key=target)],
-            check=check,
+            room_id, [EventRequest("m.room.member", sender, content, state_key=target)]
         )
         return sent[0].event.event_id
 
-    def _restricted_join_check(self, user_id: str) -> Any:
-        """For restricted rooms, name a local member who may invite as the authoriser."""
+    async def _require_guest_access(self, room_id: str) -> None:
+        state = await self.current_state_events(room_id, [GUEST_ACCESS_KEY])
+        guest_access = state.get(GUEST_ACCESS_KEY)
+        if guest_access is None or guest_access.content.get("guest_access") != "can_join":
+            raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "This room does not let guests join")
 
-        async def check(head: RoomHead, request: EventRequest) -> None:
-            join_rules_id = head.state.get(JOIN_RULES_KEY)
-            if join_rules_id is None:
-                return
-            join_rules = (await self.events.get_events([join_rules_id]))[join_rules_id]
-            if join_rules.content.get("join_rule") not in ("restricted", "knock_restricted"):
-                return
-            member_id = head.state.get(("m.room.member", user_id))
-            if member_id is not None:
-                member = (await self.events.get_events([member_id]))[member_id]
-                if member.membership in ("join", "invite"):
-                    return  # an invite (or membership) is enough
-            allowed_rooms = [
-                entry.get("room_id")
-                for entry in join_rules.content.get("allow", [])
-                if isinstance(entry, dict) and entry.get("type") == "m.room_membership"
-            ]
-            for allowed in allowed_rooms:
-                if not isinstance(allowed, str):
-                    continue
-                found = await self.events.get_membership(allowed, user_id)
-                if found is not None and found.membership == "join":
-                    break
-            else:
-                raise forbidden("You are not a member of any room this room's join rules allow")
-            authoriser = await self._authorising_member(head)
-            if authoriser is None:
-                raise forbidden("No member of this server can authorise the join")
-            request.content["join_authorised_via_users_server"] = authoriser
+    async def _join_authoriser(self, room_id: str, user_id: str) -> str | None:
+        """For a join the room's rules restrict, the local member who authorises it.
 
-        return check
-
-    async def _authorising_member(self, head: RoomHead) -> str | None:
-        """A local joined member with enough power to invite."""
-        keys = [k for k in head.state if k[0] in ("m.room.create", "m.room.power_levels")]
-        found = await self.events.get_events([head.state[k] for k in keys])
-        levels = PowerLevels.from_state({k: found[head.state[k]] for k in keys})
-        members = await self.events.members_of_room(head.room_id)
-        local = sorted(
-            (m.user_id for m in members if m.user_id.endswith(":" + self.server_name)),
-            key=lambda u: -levels.user_level(u),
-        )
-        for user in local:
-            if levels.user_level(user) >= levels.invite:
-                return user
-        return None
+        Chosen from the current state before the write; the auth rules then
+        check the choice (joined, may invite) against the state the join is
+        sent in, so a concurrent change cannot let anyone in.
+        """
+        state = await self.current_state_events(room_id, [CREATE_KEY, POWER_LEVELS_KEY, JOIN_RULES_KEY])
+        join_rules = state.get(JOIN_RULES_KEY)
+        if join_rules is None or join_rules.content.get("join_rule") not in ("restricted", "knock_restricted"):
+            return None
+        allow = join_rules.content.get("allow")
+        allowed_rooms = [
+            entry["room_id"]
+            for entry in (allow if isinstance(allow, list) else [])
+            if isinstance(entry, dict)
+            and entry.get("type") == "m.room_membership"
+            and isinstance(entry.get("room_id"), str)
+        ]
+        for allowed in allowed_rooms:
+            found = await self.events.get_membership(allowed, user_id)
+            if found is not None and found.membership == "join":
+                break
+        else:
+            raise forbidden("You are not a member of any room this room's join rules allow")
+        levels = PowerLevels.from_state(state)
+        local = [
+            m.user_id
+            for m in await self.events.members_of_room(room_id)
+            if m.user_id.endswith(":" + self.server_name) and levels.user_level(m.user_id) >= levels.invite
+        ]
+        if not local:
+            raise forbidden("No member of this server can authorise the join")
+        return max(local, key=levels.user_level)
 
     async def forget(self, user_id: str, room_id: str) -> None:
         await self.require_room(room_id)
@@ -303,8 +298,12 @@ class Rooms:
         raise forbidden("You are not allowed to see this room")
 
     async def visible_event(self, user_id: str, room_id: str, event_id: str) -> Event:
-        """An event of the room the user may see, or 404 (never revealing it exists)."""
-        await self.check_can_read(user_id, room_id)
+        """An event of the room the user may see, or 404 (never revealing it exists).
+
+        History visibility alone decides, so a non-member gets the same 404
+        as for an unknown event (the spec lists no 403 here).
+        """
+        await self.require_room(room_id)
         event = await self.events.get_event(event_id)
         if event is None or event.room_id != room_id or event.rejected:
             raise not_found("Event not found")

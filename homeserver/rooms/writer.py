@@ -82,8 +82,19 @@ class SentEvent:
     deduplicated: bool = False
 
 
+# A service-level check run inside the write's transaction, before each event
+# is built; it must read through `txn` (another transaction would deadlock SQLite).
+WriteCheck = Callable[[Transaction, RoomHead, EventRequest], Awaitable[None]]
+
 # Called after commit with every event a write persisted, in order.
 EventListener = Callable[[list[SentEvent]], Awaitable[None] | None]
+
+
+def _same_request(event: Event, request: EventRequest) -> bool:
+    """Whether a retried transaction asks for what `event` already is (for a redaction: the same target)."""
+    if event.type == "m.room.redaction":
+        return event.redacts == request.content.get("redacts", request.extra.get("redacts"))
+    return True
 
 
 class RoomWriter:
@@ -139,7 +150,7 @@ class RoomWriter:
         requests: Sequence[EventRequest],
         *,
         new_room: NewRoom | None = None,
-        check: Callable[[RoomHead, EventRequest], Awaitable[None]] | None = None,
+        check: WriteCheck | None = None,
     ) -> list[SentEvent]:
         """Build, authorise and persist `requests` in order, atomically.
 
@@ -176,7 +187,7 @@ class RoomWriter:
         room_id: str | None,
         requests: Sequence[EventRequest],
         new_room: NewRoom | None,
-        check: Callable[[RoomHead, EventRequest], Awaitable[None]] | None,
+        check: WriteCheck | None,
     ) -> list[SentEvent]:
         if new_room is not None:
             head = RoomHead(new_room.room_id or "", new_room.room_version, [], 0, None, {})
@@ -189,16 +200,22 @@ class RoomWriter:
             if request.txn_id is not None and request.device_id is not None:
                 existing = await txn.fetchone(
                     "SELECT event_id, stream_ordering, topological_ordering FROM events"
-                    " WHERE sender = ? AND device_id = ? AND txn_id = ? AND room_id = ?",
-                    (request.sender, request.device_id, request.txn_id, head.room_id),
+                    " WHERE room_id = ? AND sender = ? AND device_id = ? AND txn_id = ? AND type = ?",
+                    (head.room_id, request.sender, request.device_id, request.txn_id, request.type),
                 )
                 if existing is not None:
                     event_id, stream, topo = existing
                     event = (await self.events.get_events_txn(txn, [event_id]))[event_id]
+                    if not _same_request(event, request):
+                        # Redacting another event with a used transaction ID: answering
+                        # with the earlier redaction would report one that never happened.
+                        raise MatrixError(
+                            400, "M_INVALID_PARAM", "This transaction ID was already used for another event"
+                        )
                     sent.append(SentEvent(event, EventPosition(stream, topo), deduplicated=True))
                     continue
             if check is not None:
-                await check(head, request)
+                await check(txn, head, request)
             event = await self._build_checked(txn, head, request)
             if new_room is not None and not sent:
                 head.room_id = event.room_id  # derived from the create event in v12

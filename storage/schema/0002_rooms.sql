@@ -45,7 +45,9 @@ CREATE INDEX events_room_topo ON events (room_id, topological_ordering, stream_o
 CREATE INDEX events_room_ts ON events (room_id, origin_server_ts);
 CREATE INDEX events_relates ON events (relates_to_id, relation_type);
 CREATE INDEX events_thread ON events (room_id, thread_id, stream_ordering);
-CREATE UNIQUE INDEX events_txn ON events (sender, device_id, txn_id, room_id);
+-- A client's transaction IDs are scoped, as Synapse scopes them by request
+-- path, to its device, the room and the event type.
+CREATE UNIQUE INDEX events_txn ON events (room_id, sender, device_id, txn_id, type);
 
 CREATE TABLE event_edges (
     event_id       TEXT NOT NULL,

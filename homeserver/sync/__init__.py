@@ -1,0 +1,1 @@
+"""Streams, tokens, filters, the notifier and /sync."""

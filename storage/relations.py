@@ -1,0 +1,295 @@
+"""Relations between events (threads, edits, reactions, references) and their aggregation.
+
+Relations are columns of the `events` table (`relates_to_id`,
+`relation_type`, `thread_id`), written when the child is persisted. A
+relation counts only while both events are in the same room, the child is
+not rejected and has not been redacted (redaction strips `m.relates_to`),
+so every query here joins the child to its parent and filters on that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .engines import Database, placeholders
+
+_BATCH = 500
+
+# The relation types the server aggregates (annotations are not bundled).
+AGGREGATED_TYPES = ("m.thread", "m.replace", "m.reference")
+
+# A child relates to its parent: same room, not rejected, not redacted.
+_LIVE_CHILD = (
+    "FROM events c JOIN events p ON p.event_id = c.relates_to_id AND p.room_id = c.room_id"
+    " WHERE c.redacted_by IS NULL AND NOT c.rejected"
+)
+
+
+@dataclass(frozen=True)
+class Position:
+    """A point between events in a room's history, as pagination tokens carry it.
+
+    It sits just after the event at (`topological`, `stream`); without a
+    topological part (a stream token, as `/sync` gives) only `stream` counts.
+    """
+
+    stream: int
+    topological: int | None = None
+
+    def _compare(self, alias: str, op: str) -> tuple[str, tuple[int, ...]]:
+        if self.topological is None:
+            return f"{alias}.stream_ordering {op} ?", (self.stream,)
+        return (
+            f"({alias}.topological_ordering, {alias}.stream_ordering) {op} (?, ?)",
+            (self.topological, self.stream),
+        )
+
+    def at_or_before(self, alias: str) -> tuple[str, tuple[int, ...]]:
+        """SQL (and params) selecting the events of `alias` up to this point."""
+        return self._compare(alias, "<=")
+
+    def after(self, alias: str) -> tuple[str, tuple[int, ...]]:
+        """SQL (and params) selecting the events of `alias` past this point."""
+        return self._compare(alias, ">")
+
+
+@dataclass(frozen=True)
+class RelatedEvent:
+    """A child event's ID and place in the room's history."""
+
+    event_id: str
+    topological_ordering: int
+    stream_ordering: int
+
+
+@dataclass(frozen=True)
+class RelationSummary:
+    """How many live children of one relation type an event has, and if the user sent one."""
+
+    count: int
+    user_participated: bool
+
+
+@dataclass(frozen=True)
+class ThreadActivity:
+    """A thread root and the stream position of the thread's latest reply."""
+
+    root_id: str
+    latest_stream_ordering: int
+
+
+class RelationStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def children(
+        self,
+        room_id: str,
+        parent_id: str,
+        *,
+        relation_type: str | None,
+        event_type: str | None,
+        start: Position | None,
+        end: Position | None,
+        forwards: bool,
+        limit: int,
+        depth: int,
+    ) -> list[RelatedEvent]:
+        """One page of the events relating to `parent_id`, in (topological, stream) order.
+
+        Backwards pages run from `start` (inclusive) down to `end`
+        (exclusive), forwards pages from past `start` up to `end`. With
+        `depth` > 1, children of children are followed that many levels
+        down, and the type filters apply at every level.
+        """
+        conditions: list[str] = []
+        params: list[Any] = []
+        if relation_type is not None:
+            conditions.append("e.relation_type = ?")
+            params.append(relation_type)
+        if event_type is not None:
+            conditions.append("e.type = ?")
+            params.append(event_type)
+        lower, upper = (start, end) if forwards else (end, start)
+        if lower is not None:
+            clause, values = lower.after("e")
+            conditions.append(clause)
+            params.extend(values)
+        if upper is not None:
+            clause, values = upper.at_or_before("e")
+            conditions.append(clause)
+            params.extend(values)
+        order = "ASC" if forwards else "DESC"
+        where = "".join(f" AND {c}" for c in conditions)
+        # Without table statistics SQLite's planner would walk the whole room
+        # (events_room_*) rather than the parent's children; unary + keeps
+        # room_id out of index choice. PostgreSQL plans from its statistics.
+        room = "+e.room_id" if self.db.dialect == "sqlite" else "e.room_id"
+        live = f"{room} = ? AND e.redacted_by IS NULL AND NOT e.rejected"
+        if depth <= 1:
+            sql = (
+                "SELECT e.event_id, e.topological_ordering, e.stream_ordering FROM events e"
+                f" WHERE e.relates_to_id = ? AND {live}{where}"
+            )
+            args: list[Any] = [parent_id, room_id, *params]
+        else:
+            # Each level is an indexed lookup on relates_to_id; event IDs are
+            # hashes of content naming the parent, so there are no cycles.
+            sql = (
+                "WITH RECURSIVE related (event_id, depth) AS ("
+                f" SELECT e.event_id, 1 FROM events e WHERE e.relates_to_id = ? AND {live}"
+                " UNION ALL"
+                " SELECT e.event_id, r.depth + 1 FROM related r"
+                f" JOIN events e ON e.relates_to_id = r.event_id WHERE r.depth < ? AND {live})"
+                " SELECT e.event_id, e.topological_ordering, e.stream_ordering"
+                f" FROM related r JOIN events e ON e.event_id = r.event_id WHERE TRUE{where}"
+            )
+            args = [parent_id, room_id, depth, room_id, *params]
+        sql += f" ORDER BY e.topological_ordering {order}, e.stream_ordering {order} LIMIT ?"
+        rows = await self.db.fetchall("relation_children", sql, (*args, limit))
+        return [RelatedEvent(*row) for row in rows]
+
+    async def summaries(
+        self, parent_ids: Sequence[str], user_id: str
+    ) -> dict[str, dict[str, RelationSummary]]:
+        """Per parent with aggregated children, per relation type: count, and if `user_id` sent one.
+
+        One indexed query per batch; parents without children cost nothing more.
+        """
+        result: dict[str, dict[str, RelationSummary]] = {}
+        for batch in _batches(parent_ids):
+            rows = await self.db.fetchall(
+                "relation_summaries",
+                "SELECT c.relates_to_id, c.relation_type, COUNT(*),"
+                " MAX(CASE WHEN c.sender = ? THEN 1 ELSE 0 END)"
+                f" {_LIVE_CHILD} AND c.relates_to_id IN ({placeholders(len(batch))})"
+                f" AND c.relation_type IN ({placeholders(len(AGGREGATED_TYPES))})"
+                " GROUP BY c.relates_to_id, c.relation_type",
+                (user_id, *batch, *AGGREGATED_TYPES),
+            )
+            for parent_id, relation_type, count, participated in rows:
+                result.setdefault(parent_id, {})[relation_type] = RelationSummary(
+                    count, bool(participated)
+                )
+        return result
+
+    async def latest_thread_events(
+        self, root_ids: Sequence[str], skip: int, take: int
+    ) -> dict[str, list[str]]:
+        """Per thread root, its replies newest first (topologically), ranks skip+1 to skip+take."""
+        return await self._ranked(
+            "latest_thread_events",
+            root_ids,
+            "m.thread",
+            "",
+            "c.topological_ordering DESC, c.stream_ordering DESC",
+            skip,
+            take,
+        )
+
+    async def latest_replacements(
+        self, parent_ids: Sequence[str], skip: int, take: int
+    ) -> dict[str, list[str]]:
+        """Per parent, its candidate edits ranked most recent first, ranks skip+1..skip+take.
+
+        Only edits by the original sender, of the original type, of a
+        non-state event qualify (spec: validity of replacement events); the
+        caller checks what needs the content (`m.new_content`).
+        """
+        return await self._ranked(
+            "latest_replacements",
+            parent_ids,
+            "m.replace",
+            " AND c.sender = p.sender AND c.type = p.type"
+            " AND c.state_key IS NULL AND p.state_key IS NULL",
+            "c.origin_server_ts DESC, c.event_id DESC",
+            skip,
+            take,
+        )
+
+    async def _ranked(
+        self,
+        name: str,
+        parent_ids: Sequence[str],
+        relation_type: str,
+        extra: str,
+        order: str,
+        skip: int,
+        take: int,
+    ) -> dict[str, list[str]]:
+        result: dict[str, list[str]] = {}
+        for batch in _batches(parent_ids):
+            rows = await self.db.fetchall(
+                name,
+                "SELECT parent_id, event_id FROM ("
+                " SELECT c.relates_to_id AS parent_id, c.event_id AS event_id,"
+                f" ROW_NUMBER() OVER (PARTITION BY c.relates_to_id ORDER BY {order}) AS rn"
+                f" {_LIVE_CHILD} AND c.relates_to_id IN ({placeholders(len(batch))})"
+                f" AND c.relation_type = ?{extra}"
+                ") ranked WHERE rn > ? AND rn <= ? ORDER BY parent_id, rn",
+                (*batch, relation_type, skip, skip + take),
+            )
+            for parent_id, event_id in rows:
+                result.setdefault(parent_id, []).append(event_id)
+        return result
+
+    async def references(self, parent_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Per parent, the events referencing it (`m.reference`), oldest first."""
+        result: dict[str, list[str]] = {}
+        for batch in _batches(parent_ids):
+            rows = await self.db.fetchall(
+                "relation_references",
+                f"SELECT c.relates_to_id, c.event_id {_LIVE_CHILD}"
+                f" AND c.relates_to_id IN ({placeholders(len(batch))}) AND c.relation_type = ?"
+                " ORDER BY c.topological_ordering, c.stream_ordering",
+                (*batch, "m.reference"),
+            )
+            for parent_id, event_id in rows:
+                result.setdefault(parent_id, []).append(event_id)
+        return result
+
+    async def threads(
+        self,
+        room_id: str,
+        *,
+        participant: str | None,
+        before: Position | None,
+        limit: int,
+    ) -> list[ThreadActivity]:
+        """The room's thread roots, most recent reply first.
+
+        `participant` keeps only threads that user started or replied to;
+        `before` keeps threads whose latest reply is at or before it. A root
+        that itself relates to another event does not start a thread (spec).
+        """
+        conditions = ["r.room_id = ?", "r.relation_type IS NULL"]
+        params: list[Any] = [room_id]
+        if before is not None:
+            conditions.append("t.latest <= ?")
+            params.append(before.stream)
+        if participant is not None:
+            conditions.append(
+                "(r.sender = ? OR EXISTS (SELECT 1 FROM events c"
+                " WHERE c.relates_to_id = t.thread_id AND c.relation_type = 'm.thread'"
+                " AND c.room_id = r.room_id AND c.sender = ?"
+                " AND c.redacted_by IS NULL AND NOT c.rejected))"
+            )
+            params.extend((participant, participant))
+        rows = await self.db.fetchall(
+            "room_threads",
+            # The inner scan reads only the room's thread replies (events_thread index).
+            "SELECT t.thread_id, t.latest FROM ("
+            " SELECT thread_id, MAX(stream_ordering) AS latest FROM events"
+            " WHERE room_id = ? AND thread_id IS NOT NULL AND redacted_by IS NULL AND NOT rejected"
+            " GROUP BY thread_id"
+            f") t JOIN events r ON r.event_id = t.thread_id WHERE {' AND '.join(conditions)}"
+            " ORDER BY t.latest DESC LIMIT ?",
+            (room_id, *params, limit),
+        )
+        return [ThreadActivity(root_id, latest) for root_id, latest in rows]
+
+
+def _batches(ids: Sequence[str]) -> list[Sequence[str]]:
+    return [ids[i : i + _BATCH] for i in range(0, len(ids), _BATCH)]
