@@ -19,6 +19,7 @@ from federation.api import register_routes as register_federation_routes
 from federation.keys import load_or_create_signing_key
 from storage import Database, Storage, create_database
 from storage.migrations import migrate
+from storage.streams import current_positions
 
 from .accounts.auth import Auth
 from .accounts.service import Accounts
@@ -32,7 +33,8 @@ from .rooms.history import RoomHistory
 from .rooms.relations import Relations
 from .rooms.service import Rooms
 from .rooms.upgrade import RoomUpgrader
-from .rooms.writer import RoomWriter
+from .rooms.writer import RoomWriter, SentEvent
+from .sync.notifier import Notifier
 from .http import COMPRESS_KEY, MAX_BODY_KEY, X_FORWARDED_KEY, Router, request_middleware
 
 logger = logging.getLogger(__name__)
@@ -63,15 +65,27 @@ class HomeServer:
         self.serializer = ClientEventSerializer(self.storage.events, self.storage.relations)
         self.relations = Relations(self.storage, self.rooms)
         self.directory = Directory(self.storage, self.rooms, config.server_name)
+        self.notifier = Notifier({})
+        self.room_writer.listeners.append(self._notify_events)
         self.hierarchy = RoomHierarchy(self.storage, self.rooms)
         self.upgrades = RoomUpgrader(self.storage, self.rooms, self.room_writer)
         self.history = RoomHistory(self.storage, self.rooms)
+
+    def _notify_events(self, sent: list[SentEvent]) -> None:
+        """Wake the syncs of the room's members (and of a membership's target)."""
+        for item in sent:
+            event = item.event
+            users = (event.state_key,) if event.type == "m.room.member" and event.state_key else ()
+            self.notifier.on_new(
+                "events", item.position.stream_ordering, rooms=(event.room_id,), users=users
+            )
 
     async def start(self) -> None:
         await self.db.open()
         applied = await migrate(self.db)
         for migration in applied:
             logger.info("applied schema migration %04d_%s", migration.version, migration.name)
+        self.notifier.positions.update(await current_positions(self.db))
         self.auth.start()
         self.accounts.start()
 

@@ -97,18 +97,26 @@ class Database(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    def _transaction(self) -> Any:
+    def _transaction(self, read_committed: bool = False) -> Any:
         """An async context manager yielding a Transaction; commits on success."""
 
     @abstractmethod
     def _is_retryable(self, exc: BaseException) -> bool: ...
 
-    async def run(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run `fn(txn, *args)` in a transaction, retrying on conflicts."""
+    async def run(
+        self, name: str, fn: Callable[..., Awaitable[T]], *args: Any, read_committed: bool = False
+    ) -> T:
+        """Run `fn(txn, *args)` in a transaction, retrying on conflicts.
+
+        `read_committed` is for transactions that serialize themselves with
+        explicit locks (room writes): each statement then sees what the
+        previous lock holder committed, which a REPEATABLE READ snapshot,
+        taken before the lock was granted, would not.
+        """
         for attempt in range(1, MAX_ATTEMPTS + 1):
             start = time.perf_counter()
             try:
-                async with self._transaction() as txn:
+                async with self._transaction(read_committed) as txn:
                     result = await fn(txn, *args)
             except Exception as exc:  # noqa: BLE001 - classified just below
                 if attempt < MAX_ATTEMPTS and self._is_retryable(exc):
@@ -198,7 +206,8 @@ class SQLiteDatabase(Database):
             POOL_SIZE.set(0)
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Transaction]:
+    async def _transaction(self, read_committed: bool = False) -> AsyncIterator[Transaction]:
+        # One connection, one transaction at a time: always serializable.
         assert self._conn is not None, "database is not open"
         conn = self._conn
         POOL_WAITING.inc()
@@ -304,13 +313,15 @@ class PostgresDatabase(Database):
         POOL_WAITING.set(stats.get("requests_waiting", 0))
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Transaction]:
+    async def _transaction(self, read_committed: bool = False) -> AsyncIterator[Transaction]:
         assert self._pool is not None, "database is not open"
         async with self._pool.connection() as conn:
             self._update_pool_metrics()
             try:
                 async with conn.transaction():
                     async with conn.cursor() as cur:
+                        if read_committed:
+                            await cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
                         yield _PostgresTransaction(cur)
             finally:
                 self._update_pool_metrics()

@@ -20,6 +20,7 @@ from homeserver.events.model import ROOM_VERSIONS, Event, StateKey
 
 from .cache import LRUCache
 from .engines import Database, Transaction, placeholders
+from .streams import next_position_txn
 
 # A delta chain longer than this gets a full snapshot instead.
 MAX_STATE_DELTA_CHAIN = 50
@@ -199,10 +200,10 @@ class EventStore:
 
     @staticmethod
     async def next_id_txn(txn: Transaction, dialect: str, table: str, column: str) -> int:
-        """The next value of a monotonically increasing ID column.
+        """The next value of an increasing ID column that orders nothing clients see.
 
-        Room writes hold their room's lock, and SQLite serializes all writes,
-        so MAX()+1 is safe on SQLite; PostgreSQL uses a sequence.
+        SQLite serializes all writes, so MAX()+1 is safe there; PostgreSQL
+        uses a sequence. (Stream positions come from `streams.next_position_txn`.)
         """
         if dialect == "postgres":
             return await txn.fetchval(f"SELECT nextval('{table}_{column}_seq')")
@@ -223,7 +224,7 @@ class EventStore:
         State groups and current state are written by the caller (see
         `store_state_group_txn` and `update_current_state_txn`).
         """
-        stream = await self.next_id_txn(txn, self.db.dialect, "events", "stream_ordering")
+        stream = await next_position_txn(txn, "events")
         relates = event.content.get("m.relates_to")
         relates_to_id = relation_type = thread_id = None
         if isinstance(relates, dict) and isinstance(relates.get("event_id"), str):

@@ -161,7 +161,8 @@ class RoomWriter:
         if new_room is not None:
             # Nobody else can write to a room that does not exist yet.
             sent = await self.storage.db.run(
-                "create_room", self._write_txn, None, requests, new_room, check
+                "create_room", self._write_txn, None, requests, new_room, check,
+                read_committed=True,
             )
         else:
             assert room_id is not None
@@ -169,7 +170,8 @@ class RoomWriter:
             async with lock:
                 try:
                     sent = await self.storage.db.run(
-                        "send_events", self._write_txn, room_id, requests, None, check
+                        "send_events", self._write_txn, room_id, requests, None, check,
+                        read_committed=True,
                     )
                 finally:
                     self._release(room_id, lock)

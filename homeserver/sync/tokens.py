@@ -68,16 +68,35 @@ class TopologicalToken:
 
 @dataclass(frozen=True)
 class StreamToken:
-    """A position in each stream a client syncs.
+    """A position in each stream a client syncs (see storage/streams.py).
 
     Fields are serialized in declaration order, `_`-separated; new streams
     are appended with a default of 0 so shorter (older) tokens still parse.
     """
 
     events: int
+    receipts: int = 0
+    typing: int = 0
+    account_data: int = 0
+    presence: int = 0
+    to_device: int = 0
+    device_lists: int = 0
+
+    @classmethod
+    def stream_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def copy_and_advance(self, other: StreamToken) -> StreamToken:
+        """The later of the two positions in every stream."""
+        return StreamToken(
+            **{n: max(getattr(self, n), getattr(other, n)) for n in self.stream_names()}
+        )
 
     def __str__(self) -> str:
-        return "s" + "_".join(str(getattr(self, f.name)) for f in dataclasses.fields(self))
+        values = [getattr(self, name) for name in self.stream_names()]
+        while len(values) > 1 and values[-1] == 0:
+            values.pop()  # trailing zeros are the defaults: shorter tokens
+        return "s" + "_".join(map(str, values))
 
     @classmethod
     def parse(cls, value: str) -> StreamToken:
