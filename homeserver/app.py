@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from federation.api import register_routes as register_federation_routes
 from federation.keys import load_or_create_signing_key
 from storage import Database, Storage, create_database
+from storage.engines import PostgresDatabase
 from storage.migrations import migrate
 from storage.streams import current_positions
 
@@ -26,7 +27,12 @@ from .accounts.service import Accounts
 from .accounts.uia import UserInteractiveAuth
 from .api import register_client_api
 from .config import Config
+from .ephemeral.account_data import AccountData
+from .ephemeral.presence import Presence
+from .ephemeral.receipts import Receipts
+from .ephemeral.typing import TypingNotifications
 from .events.client import ClientEventSerializer
+from .push.service import PushService
 from .rooms.directory import Directory
 from .rooms.hierarchy import RoomHierarchy
 from .rooms.history import RoomHistory
@@ -34,7 +40,9 @@ from .rooms.relations import Relations
 from .rooms.service import Rooms
 from .rooms.upgrade import RoomUpgrader
 from .rooms.writer import RoomWriter, SentEvent
+from .sync.handler import SyncHandler
 from .sync.notifier import Notifier
+from .sync.pgnotify import PgNotifyBridge
 from .http import COMPRESS_KEY, MAX_BODY_KEY, X_FORWARDED_KEY, Router, request_middleware
 
 logger = logging.getLogger(__name__)
@@ -66,6 +74,24 @@ class HomeServer:
         self.relations = Relations(self.storage, self.rooms)
         self.directory = Directory(self.storage, self.rooms, config.server_name)
         self.notifier = Notifier({})
+        self.typing = TypingNotifications(self.storage.typing, self.rooms, self.notifier)
+        self.account_data = AccountData(self.storage.account_data, self.storage.events, self.notifier)
+        self.receipts = Receipts(
+            self.storage.receipts, self.storage.events, self.rooms, self.account_data, self.notifier
+        )
+        self.presence = Presence(
+            self.storage.presence, self.notifier, enabled=config.presence.enabled
+        )
+        self.sync_handler = SyncHandler(self)
+        # Other processes on this PostgreSQL database hear of our changes, and we of theirs.
+        self.pg_notify = (
+            PgNotifyBridge(self.db, self.notifier)
+            if isinstance(self.db, PostgresDatabase)
+            else None
+        )
+        self.push = PushService(self.storage, self.notifier, config.server_name)
+        # Before the notifier's listener: counts are stored before /sync wakes.
+        self.room_writer.listeners.append(self.push.on_events)
         self.room_writer.listeners.append(self._notify_events)
         self.hierarchy = RoomHierarchy(self.storage, self.rooms)
         self.upgrades = RoomUpgrader(self.storage, self.rooms, self.room_writer)
@@ -85,11 +111,22 @@ class HomeServer:
         applied = await migrate(self.db)
         for migration in applied:
             logger.info("applied schema migration %04d_%s", migration.version, migration.name)
+        if self.pg_notify is not None:
+            # Listening before reading the positions: nothing committed in between is missed.
+            await self.pg_notify.start()
         self.notifier.positions.update(await current_positions(self.db))
         self.auth.start()
         self.accounts.start()
+        await self.push.start()
+        self.typing.start()
+        self.presence.start()
 
     async def stop(self) -> None:
+        await self.push.stop()
+        if self.pg_notify is not None:
+            await self.pg_notify.stop()
+        await self.presence.stop()
+        await self.typing.stop()
         await self.accounts.stop()
         await self.auth.stop()
         await self.db.close()

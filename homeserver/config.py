@@ -115,6 +115,13 @@ class PasswordConfig:
 
 
 @dataclass
+class PresenceConfig:
+    # Off: presence is neither tracked nor sent in /sync; its endpoints
+    # still answer (everyone is offline).
+    enabled: bool = True
+
+
+@dataclass
 class Config:
     server_name: str = ""
     public_baseurl: str | None = None
@@ -145,6 +152,8 @@ class Config:
 
     serve_server_wellknown: bool = True
     require_auth_for_profile_requests: bool = False
+
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
 
     # Set by `load_config`: the directory relative paths are resolved against.
     config_dir: str = field(default=".", metadata={"internal": True})

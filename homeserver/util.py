@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import string
@@ -27,3 +28,14 @@ def random_device_id() -> str:
 def hash_token(token: str) -> str:
     """The digest under which a token is stored; tokens themselves never are."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def cancel_task(task: asyncio.Task | None) -> None:
+    """Stop a background task and wait until it has stopped."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

@@ -12,11 +12,14 @@ from typing import Any
 from .devices import DeviceStore
 from .directory import DirectoryStore
 from .engines import Database, PostgresDatabase, SQLiteDatabase
+from .ephemeral import AccountDataStore, PresenceStore, ReceiptStore, TypingStore
 from .events import EventStore
 from .history import HistoryStore
+from .push import PushStore
 from .registration import RegistrationStore
 from .relations import RelationStore
 from .reports import ReportStore
+from .sync import SyncStore
 from .spaces import SpaceStore
 from .uia import UIAStore
 from .users import UserStore
@@ -58,4 +61,10 @@ class Storage:
         self.relations = RelationStore(db)
         self.directory = DirectoryStore(db)
         self.reports = ReportStore(db)
+        self.push = PushStore(db)
+        self.sync = SyncStore(db)
         self.spaces = SpaceStore(db)
+        self.account_data = AccountDataStore(db)
+        self.receipts = ReceiptStore(db)
+        self.typing = TypingStore(db)
+        self.presence = PresenceStore(db)

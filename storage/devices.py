@@ -101,10 +101,11 @@ class DeviceStore:
 
     @staticmethod
     async def delete_devices_txn(txn: Transaction, user_id: str, device_ids: list[str]) -> None:
-        await txn.executemany(
-            "DELETE FROM devices WHERE user_id = ? AND device_id = ?",
-            [(user_id, d) for d in device_ids],
-        )
+        """Delete devices with their tokens (cascade) and their pushers: a
+        signed-out phone must stop receiving notifications."""
+        rows = [(user_id, d) for d in device_ids]
+        await txn.executemany("DELETE FROM devices WHERE user_id = ? AND device_id = ?", rows)
+        await txn.executemany("DELETE FROM pushers WHERE user_id = ? AND device_id = ?", rows)
 
     @staticmethod
     async def device_ids_txn(txn: Transaction, user_id: str) -> list[str]:

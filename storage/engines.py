@@ -285,6 +285,10 @@ class PostgresDatabase(Database):
         from psycopg_pool import AsyncConnectionPool
 
         async def configure(conn: Any) -> None:
+            # Autocommit: a lone statement costs one round trip, not three
+            # (BEGIN, statement, COMMIT); `transaction()` still opens real
+            # transactions, at this isolation level.
+            await conn.set_autocommit(True)
             await conn.set_isolation_level(IsolationLevel.REPEATABLE_READ)
 
         self._pool = AsyncConnectionPool(
@@ -330,6 +334,35 @@ class PostgresDatabase(Database):
         from psycopg import errors
 
         return isinstance(exc, (errors.SerializationFailure, errors.DeadlockDetected))
+
+    async def _statement(self, name: str, sql: str, params: Sequence[Any], fetch: bool) -> Any:
+        """One statement on its own (autocommit): atomic, and one round trip."""
+        assert self._pool is not None, "database is not open"
+        start = time.perf_counter()
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(_to_pyformat(sql), params)
+                return await cur.fetchall() if fetch else cur.rowcount
+        finally:
+            TRANSACTION_SECONDS.labels(name).observe(time.perf_counter() - start)
+
+    async def execute(self, name: str, sql: str, params: Sequence[Any] = ()) -> int:
+        return await self._statement(name, sql, params, fetch=False)
+
+    async def fetchall(self, name: str, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await self._statement(name, sql, params, fetch=True)
+
+    async def dedicated_connection(self, application_name: str) -> Any:
+        """An autocommit connection of its own, outside the pool: for what holds a
+        connection indefinitely (LISTEN, session-level advisory locks)."""
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
+        params: dict[str, Any] = conninfo_to_dict(self.conninfo)
+        # Also frees the server side of a peer that vanished without a FIN.
+        params.setdefault("keepalives", 1)
+        params.setdefault("application_name", application_name)
+        return await psycopg.AsyncConnection.connect(autocommit=True, **params)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:

@@ -219,33 +219,12 @@ class EventStore:
         device_id: str | None = None,
         replaces_state: str | None = None,
     ) -> EventPosition:
-        """Write one event: its row, DAG edges and the room's new extremities.
+        """Write one event: its DAG edges, the room's new extremities and its row.
 
         State groups and current state are written by the caller (see
-        `store_state_group_txn` and `update_current_state_txn`).
+        `store_state_group_txn` and `update_current_state_txn`), the state
+        group before this and the current state after it.
         """
-        stream = await next_position_txn(txn, "events")
-        relates = event.content.get("m.relates_to")
-        relates_to_id = relation_type = thread_id = None
-        if isinstance(relates, dict) and isinstance(relates.get("event_id"), str):
-            rel = relates.get("rel_type")
-            if isinstance(rel, str):
-                relates_to_id, relation_type = relates["event_id"], rel
-                if rel == "m.thread":
-                    thread_id = relates_to_id
-        contains_url = isinstance(event.content.get("url"), str)
-        await txn.execute(
-            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender,"
-            " topological_ordering, origin_server_ts, json, rejected, txn_id, device_id,"
-            " state_group, relates_to_id, relation_type, thread_id, contains_url, replaces_state)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                stream, event.event_id, event.room_id, event.type, event.state_key, event.sender,
-                event.depth, event.origin_server_ts, _dumps(event.pdu), event.rejected, txn_id,
-                device_id, state_group, relates_to_id, relation_type, thread_id, contains_url,
-                replaces_state,
-            ),
-        )
         await txn.executemany(
             "INSERT INTO event_edges (event_id, prev_event_id) VALUES (?, ?)",
             [(event.event_id, p) for p in event.prev_event_ids],
@@ -263,6 +242,30 @@ class EventStore:
         await txn.execute(
             "INSERT INTO event_forward_extremities (room_id, event_id) VALUES (?, ?)",
             (event.room_id, event.event_id),
+        )
+        relates = event.content.get("m.relates_to")
+        relates_to_id = relation_type = thread_id = None
+        if isinstance(relates, dict) and isinstance(relates.get("event_id"), str):
+            rel = relates.get("rel_type")
+            if isinstance(rel, str):
+                relates_to_id, relation_type = relates["event_id"], rel
+                if rel == "m.thread":
+                    thread_id = relates_to_id
+        contains_url = isinstance(event.content.get("url"), str)
+        # The events stream's position last: its lock is held until commit,
+        # and every room's writer waits for it.
+        stream = await next_position_txn(txn, "events")
+        await txn.execute(
+            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender,"
+            " topological_ordering, origin_server_ts, json, rejected, txn_id, device_id,"
+            " state_group, relates_to_id, relation_type, thread_id, contains_url, replaces_state)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                stream, event.event_id, event.room_id, event.type, event.state_key, event.sender,
+                event.depth, event.origin_server_ts, _dumps(event.pdu), event.rejected, txn_id,
+                device_id, state_group, relates_to_id, relation_type, thread_id, contains_url,
+                replaces_state,
+            ),
         )
         event = dataclasses.replace(
             event,
@@ -322,29 +325,19 @@ class EventStore:
         cached = self._state_groups.get(group)
         if cached is not None:
             return cached
-        chain: list[int] = []
-        current: int | None = group
-        base: StateMap = {}
-        while current is not None:
-            hit = self._state_groups.get(current)
-            if hit is not None:
-                base = hit
-                break
-            chain.append(current)
-            current = await txn.fetchval("SELECT prev_group FROM state_groups WHERE id = ?", (current,))
-        state = dict(base)
-        if chain:
-            rows = await txn.fetchall(
-                "SELECT state_group, type, state_key, event_id FROM state_group_entries"
-                f" WHERE state_group IN ({placeholders(len(chain))})",
-                chain,
-            )
-            by_group: dict[int, list[tuple[str, str, str]]] = {}
-            for g, t, k, e in rows:
-                by_group.setdefault(g, []).append((t, k, e))
-            for g in reversed(chain):
-                for t, k, e in by_group.get(g, ()):
-                    state[(t, k)] = e
+        # The whole delta chain in one round trip; older links apply first.
+        rows = await txn.fetchall(
+            "WITH RECURSIVE chain(id, prev_group, n) AS ("
+            " SELECT id, prev_group, 0 FROM state_groups WHERE id = ?"
+            " UNION ALL"
+            " SELECT g.id, g.prev_group, c.n + 1 FROM state_groups g JOIN chain c ON g.id = c.prev_group)"
+            " SELECT c.n, e.type, e.state_key, e.event_id"
+            " FROM chain c JOIN state_group_entries e ON e.state_group = c.id",
+            (group,),
+        )
+        state: StateMap = {}
+        for _n, t, k, e in sorted(rows, key=lambda r: -r[0]):
+            state[(t, k)] = e
         self._state_groups.set(group, state)
         return state
 

@@ -52,7 +52,7 @@ def _type_clause(dialect: str, pattern: str) -> tuple[str, str]:
     return "type GLOB ?", pattern.replace("[", "[[]").replace("?", "[?]")
 
 
-def _match_sql(dialect: str, match: EventMatch) -> tuple[str, list[Any]]:
+def match_sql(dialect: str, match: EventMatch) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     if match.types is not None:
@@ -133,11 +133,11 @@ class HistoryStore:
                 bounds += " AND (topological_ordering, stream_ordering) <= (?, ?)"
             order = "ASC"
         params: list[Any] = [room_id, *from_key, *(to_key or ())]
-        match_sql, match_params = _match_sql(self.db.dialect, match or EventMatch())
+        clause, match_params = match_sql(self.db.dialect, match or EventMatch())
         rows = await self.db.fetchall(
             "history_timeline",
             "SELECT event_id, topological_ordering, stream_ordering, state_group FROM events"
-            f" WHERE room_id = ? AND {bounds} AND NOT rejected{match_sql}"
+            f" WHERE room_id = ? AND {bounds} AND NOT rejected{clause}"
             f" ORDER BY topological_ordering {order}, stream_ordering {order} LIMIT ?",
             (*params, *match_params, limit),
         )

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from homeserver.events.model import Event
-from homeserver.rooms.history import RoomEventFilter
+from homeserver.sync.filters import RoomEventFilter
 from homeserver.sync.tokens import (
     InvalidToken,
     StreamToken,

@@ -121,3 +121,34 @@ async def test_unknown_room_and_unsupported_version(rooms):
     with pytest.raises(MatrixError) as err:
         await creator.create_room(ALICE, {"room_version": "9"}, {})
     assert err.value.errcode == "M_UNSUPPORTED_ROOM_VERSION"
+
+
+async def test_identical_v12_rooms_created_at_once_get_their_own_ids(rooms):
+    # A v12 room ID is the create event's hash: the same request twice in one
+    # millisecond would collide; the second is made again with a later timestamp.
+    _storage, _writer, creator = rooms
+    created = await asyncio.gather(
+        *[creator.create_room(ALICE, {"room_version": "12", "name": "Same"}, {}) for _ in range(4)]
+    )
+    assert len({room_id for room_id, _ in created}) == 4
+
+
+async def test_state_groups_read_back_across_delta_chains_and_snapshots(rooms):
+    # More state changes than a delta chain may hold: the state after every
+    # event, read cold (uncached), equals what was current at that point.
+    storage, writer, creator = rooms
+    room_id, _ = await creator.create_room(ALICE, {}, {})
+    expected: dict[int, dict] = {}
+    for i in range(120):
+        sent = await writer.write(
+            room_id, [EventRequest("m.room.topic", ALICE, {"topic": str(i)}, state_key=f"k{i % 7}")]
+        )
+        stream = sent[0].position.stream_ordering
+        expected[stream] = dict(await storage.events.get_current_state_ids(room_id))
+    storage.events._state_groups.clear()
+    positions = await storage.events.get_positions(
+        [r[0] for r in await storage.db.fetchall("t", "SELECT event_id FROM events WHERE room_id = ?", (room_id,))]
+    )
+    by_stream = {pos.stream_ordering: group for pos, group in positions.values()}
+    for stream, state in expected.items():
+        assert await storage.events.get_state_group(by_stream[stream]) == state

@@ -21,7 +21,7 @@ from storage import Storage
 
 from ..errors import MatrixError, forbidden
 from ..http import USER_ID
-from ..util import hash_token, now_ms
+from ..util import cancel_task, hash_token, now_ms
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +103,7 @@ class Auth:
         self._flush_task = asyncio.create_task(self._flush_loop())
 
     async def stop(self) -> None:
-        if self._flush_task is not None:
-            self._flush_task.cancel()
-            try:
-                await self._flush_task
-            except asyncio.CancelledError:
-                pass
+        await cancel_task(self._flush_task)
         await self.flush_last_seen()
 
     async def _flush_loop(self) -> None:

@@ -24,7 +24,7 @@ from storage.users import UserStore
 from ..config import Config
 from ..errors import MatrixError, forbidden
 from ..ids import check_new_localpart, split_user_id, user_id
-from ..util import hash_token, now_ms, random_device_id, random_token
+from ..util import cancel_task, hash_token, now_ms, random_device_id, random_token
 from .passwords import PasswordHasher
 from .uia import DUMMY, PASSWORD, REGISTRATION_TOKEN, SESSION_LIFETIME_MS, UserInteractiveAuth
 
@@ -280,12 +280,7 @@ class Accounts:
         self._cleanup_task = asyncio.create_task(self._cleanup_loop())
 
     async def stop(self) -> None:
-        if self._cleanup_task is not None:
-            self._cleanup_task.cancel()
-            try:
-                await self._cleanup_task
-            except asyncio.CancelledError:
-                pass
+        await cancel_task(self._cleanup_task)
 
     async def _cleanup_loop(self) -> None:
         while True:

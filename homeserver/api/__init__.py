@@ -11,15 +11,18 @@ from . import (
     admin,
     devices,
     directory,
+    ephemeral,
     history,
     login,
     membership,
     profile,
+    push,
     register,
     relations,
     reports,
     rooms,
     spaces,
+    sync,
     versions,
 )
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 def register_client_api(router: Router, hs: "HomeServer") -> None:
     for module in (
         versions, login, register, account, devices, profile, admin,
-        rooms, membership, history, relations, directory, spaces, reports,
+        rooms, membership, history, relations, directory, spaces, reports, sync,
+        ephemeral, push,
     ):
         module.register(router, hs)

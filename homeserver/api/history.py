@@ -10,7 +10,8 @@ from aiohttp import web
 
 from ..errors import MatrixError, invalid_param, missing_param
 from ..http import Router, json_response, query_int
-from ..rooms.history import DEFAULT_LIMIT, MAX_LIMIT, MEMBERSHIPS, RoomEventFilter
+from ..rooms.history import DEFAULT_LIMIT, MEMBERSHIPS
+from ..sync.filters import MAX_LIMIT, RoomEventFilter
 from ..sync.tokens import (
     MAX_POSITION,
     InvalidToken,

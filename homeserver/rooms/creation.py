@@ -9,12 +9,15 @@ room never exists half-made.
 
 from __future__ import annotations
 
+import asyncio
+
 import secrets
 import string
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from storage import Storage
+from storage.engines import is_unique_violation
 
 from ..errors import MatrixError, bad_json, forbidden, invalid_param, not_found
 from ..events.model import DEFAULT_ROOM_VERSION, ROOM_VERSIONS, RoomVersion
@@ -73,6 +76,9 @@ def default_power_levels(room_version: RoomVersion, creator: str) -> dict[str, A
         "invite": 0,
         "historical": 100,
     }
+
+
+_CREATE_ATTEMPTS = 3
 
 
 class RoomCreator:
@@ -201,10 +207,9 @@ class RoomCreator:
             else "!" + "".join(secrets.choice(_ROOM_ID_CHARS) for _ in range(18)) + f":{self.server_name}"
         )
         try:
-            sent = await self.writer.write(
-                None,
-                requests,
-                new_room=NewRoom(version, creator, visibility == "public", room_id),
+            new_room = NewRoom(version, creator, visibility == "public", room_id)
+            sent = await _retry_same_millisecond(
+                lambda: self.writer.write(None, requests, new_room=new_room)
             )
         except MatrixError as err:
             if err.errcode != "M_FORBIDDEN":
@@ -252,6 +257,23 @@ def _string(body: dict[str, Any], key: str, default: str) -> str:
     if not isinstance(value, str):
         raise bad_json(f"'{key}' must be a string")
     return value
+
+
+async def _retry_same_millisecond(write: Any) -> Any:
+    """Run `write()`, again if it collided with an identical room created in the same millisecond.
+
+    A v12 room ID is the hash of its create event: the same creator sending
+    the same request twice within a millisecond makes the same ID. As
+    Synapse does, the second one is made again with a later timestamp.
+    """
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            return await write()
+        except Exception as exc:
+            if not is_unique_violation(exc) or attempt == _CREATE_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.002)
+    raise AssertionError("unreachable")
 
 
 def _user_list(body: dict[str, Any], key: str) -> list[str]:

@@ -10,113 +10,25 @@ may mostly not see is refilled a few times rather than handed back empty.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any
+from dataclasses import dataclass
 
 from storage import Storage
 from storage.history import START_KEY, EventMatch, Key
 
-from ..errors import bad_json, forbidden, not_found
+from ..errors import forbidden, not_found
 from ..events.model import Event
+from ..sync.filters import RoomEventFilter
 from ..sync.tokens import PaginationToken, TopologicalToken
 from .service import Rooms
 from .visibility import filter_events_for_user
 
 DEFAULT_LIMIT = 10
-MAX_LIMIT = 1000
 # Reads per page when history visibility hides what was read.
 _MAX_ROUNDS = 3
 _TIMESTAMP_BATCH = 50
 MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
 MEMBER = "m.room.member"
-
-
-# ------------------------------------------------------------------ filters
-
-
-@lru_cache(maxsize=1024)
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
-
-
-def _matches_any(value: str, patterns: Sequence[str]) -> bool:
-    return any(_wildcard(p).fullmatch(value) for p in patterns)
-
-
-def _string_list(body: dict[str, Any], key: str) -> tuple[str, ...] | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise bad_json(f"filter: '{key}' must be a list of strings")
-    return tuple(value)
-
-
-def _bool(body: dict[str, Any], key: str) -> bool | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, bool):
-        raise bad_json(f"filter: '{key}' must be true or false")
-    return value
-
-
-_NOTHING = EventMatch(types=())
-
-
-@dataclass(frozen=True)
-class RoomEventFilter:
-    """The spec's RoomEventFilter (the parts that apply to reading one room)."""
-
-    match: EventMatch = field(default_factory=EventMatch)
-    limit: int | None = None
-    lazy_load_members: bool = False
-    include_redundant_members: bool = False
-    rooms: tuple[str, ...] | None = None
-    not_rooms: tuple[str, ...] = ()
-
-    @classmethod
-    def from_json(cls, body: Any) -> RoomEventFilter:
-        """Validate a filter a client sent; M_BAD_JSON when it is not a RoomEventFilter."""
-        if not isinstance(body, dict):
-            raise bad_json("filter must be a JSON object")
-        limit = body.get("limit")
-        if limit is not None and (type(limit) is not int or limit < 1):
-            raise bad_json("filter: 'limit' must be an integer greater than 0")
-        return cls(
-            match=EventMatch(
-                types=_string_list(body, "types"),
-                not_types=_string_list(body, "not_types") or (),
-                senders=_string_list(body, "senders"),
-                not_senders=_string_list(body, "not_senders") or (),
-                contains_url=_bool(body, "contains_url"),
-            ),
-            limit=min(limit, MAX_LIMIT) if limit is not None else None,
-            lazy_load_members=bool(_bool(body, "lazy_load_members")),
-            include_redundant_members=bool(_bool(body, "include_redundant_members")),
-            rooms=_string_list(body, "rooms"),
-            not_rooms=_string_list(body, "not_rooms") or (),
-        )
-
-    def match_for(self, room_id: str) -> EventMatch:
-        """`match`, or one matching nothing when `rooms`/`not_rooms` exclude the room."""
-        if room_id in self.not_rooms or (self.rooms is not None and room_id not in self.rooms):
-            return _NOTHING
-        return self.match
-
-    def matches(self, event: Event) -> bool:
-        """The test `match_for` makes in SQL, for events not read through it."""
-        m = self.match_for(event.room_id)
-        if m.types is not None and not _matches_any(event.type, m.types):
-            return False
-        if _matches_any(event.type, m.not_types):
-            return False
-        if m.senders is not None and event.sender not in m.senders:
-            return False
-        if event.sender in m.not_senders:
-            return False
-        return m.contains_url is None or m.contains_url == isinstance(event.content.get("url"), str)
 
 
 # ------------------------------------------------------------------ results

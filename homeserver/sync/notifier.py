@@ -13,7 +13,7 @@ that to NOTIFY other processes, whose notifiers it feeds in turn.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import Gauge
@@ -80,6 +80,21 @@ class Notifier:
         if local:
             for publish in self.publishers:
                 publish(stream, position, rooms, users)
+
+    def advance(self, positions: Mapping[str, int]) -> None:
+        """Raise (never lower) the known positions to `positions`, waking nobody."""
+        for stream, position in positions.items():
+            if position > self.positions.get(stream, 0):
+                self.positions[stream] = position
+
+    def wake_all(self, positions: Mapping[str, int]) -> None:
+        """Advance `positions` and wake every waiter: for changes learnt without
+        knowing whom they concern (an oversized remote change, a reconnect that
+        may have missed some). Never published: it only ever comes from outside."""
+        self.advance(positions)
+        for waiters in list(self._by_user.values()):
+            for waiter in waiters:
+                waiter.wake()
 
     def register(self, waiter: Waiter) -> None:
         self._by_user.setdefault(waiter.user_id, set()).add(waiter)

@@ -1,0 +1,1 @@
+"""Push notifications: push rules, their evaluation, unread counts and HTTP pushers."""

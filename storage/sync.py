@@ -1,0 +1,144 @@
+"""Reads /sync needs: what changed in a user's rooms between two stream
+positions, the newest events of a room, member counts and heroes, and the
+filters clients store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from .engines import Database, Transaction, is_unique_violation, placeholders
+from .history import EventMatch, TimelineRow, match_sql
+
+_BATCH = 500
+_ADD_FILTER_ATTEMPTS = 20
+
+
+class SyncStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def rooms_with_events(
+        self, room_ids: Sequence[str], from_stream: int, to_stream: int
+    ) -> set[str]:
+        """Which of the rooms have events in (from_stream, to_stream]: a range read of the stream."""
+        wanted = set(room_ids)
+        if not wanted or from_stream >= to_stream:
+            return set()
+        rows = await self.db.fetchall(
+            "sync_rooms_with_events",
+            "SELECT DISTINCT room_id FROM events WHERE stream_ordering > ? AND stream_ordering <= ?",
+            (from_stream, to_stream),
+        )
+        return {r[0] for r in rows} & wanted
+
+    async def recent_events(
+        self,
+        room_id: str,
+        from_stream: int,
+        to_stream: int,
+        limit: int,
+        match: EventMatch,
+    ) -> list[TimelineRow]:
+        """The newest (at most `limit`) matching events in (from_stream, to_stream], newest first."""
+        sql, params = match_sql(self.db.dialect, match)
+        rows = await self.db.fetchall(
+            "sync_recent_events",
+            "SELECT event_id, topological_ordering, stream_ordering, state_group FROM events"
+            f" WHERE room_id = ? AND stream_ordering > ? AND stream_ordering <= ? AND NOT rejected{sql}"
+            " ORDER BY stream_ordering DESC LIMIT ?",
+            (room_id, from_stream, to_stream, *params, limit),
+        )
+        return [TimelineRow(r[0], (r[1], r[2]), r[3]) for r in rows]
+
+    async def state_group_at_stream(self, room_id: str, stream: int) -> int | None:
+        """The state group after the room's last event at or before `stream`."""
+        return await self.db.fetchval(
+            "sync_state_group_at",
+            "SELECT state_group FROM events WHERE room_id = ? AND stream_ordering <= ?"
+            " ORDER BY stream_ordering DESC LIMIT 1",
+            (room_id, stream),
+        )
+
+    async def member_summaries(
+        self, room_ids: Sequence[str], user_id: str, heroes: int = 5
+    ) -> dict[str, tuple[int, int, list[str]]]:
+        """{room: (joined count, invited count, heroes)}.
+
+        Heroes (spec: the room summary) are the first members other than the
+        user, by stream ordering, who are joined or invited; where there are
+        none, those who left or were banned.
+        """
+        result: dict[str, tuple[int, int, list[str]]] = {}
+        for i in range(0, len(room_ids), _BATCH):
+            batch = list(room_ids[i : i + _BATCH])
+            counts = await self.db.fetchall(
+                "sync_member_counts",
+                "SELECT room_id, membership, COUNT(*) FROM room_memberships"
+                f" WHERE room_id IN ({placeholders(len(batch))}) AND membership IN ('join', 'invite')"
+                " GROUP BY room_id, membership",
+                batch,
+            )
+            by_room: dict[str, dict[str, int]] = {}
+            for room_id, membership, count in counts:
+                by_room.setdefault(room_id, {})[membership] = count
+            names = await self._heroes(batch, user_id, ("join", "invite"), heroes)
+            lonely = [r for r in batch if r not in names]
+            if lonely:
+                names.update(await self._heroes(lonely, user_id, ("leave", "ban"), heroes))
+            for room_id in batch:
+                c = by_room.get(room_id, {})
+                result[room_id] = (c.get("join", 0), c.get("invite", 0), names.get(room_id, []))
+        return result
+
+    async def _heroes(
+        self, room_ids: list[str], user_id: str, memberships: tuple[str, ...], heroes: int
+    ) -> dict[str, list[str]]:
+        rows = await self.db.fetchall(
+            "sync_heroes",
+            "SELECT room_id, user_id, n FROM (SELECT room_id, user_id, ROW_NUMBER() OVER"
+            " (PARTITION BY room_id ORDER BY stream_ordering) AS n FROM room_memberships"
+            f" WHERE room_id IN ({placeholders(len(room_ids))})"
+            f" AND membership IN ({placeholders(len(memberships))})"
+            " AND user_id <> ?) ranked WHERE n <= ? ORDER BY room_id, n",
+            (*room_ids, *memberships, user_id, heroes),
+        )
+        names: dict[str, list[str]] = {}
+        for room_id, hero, _n in rows:
+            names.setdefault(room_id, []).append(hero)
+        return names
+
+    # ------------------------------------------------------------- filters
+
+    async def add_filter(self, user_id: str, filter_json: dict[str, Any]) -> int:
+        async def _fn(txn: Transaction) -> int:
+            next_id = await txn.fetchval(
+                "SELECT COALESCE(MAX(filter_id), -1) + 1 FROM user_filters WHERE user_id = ?",
+                (user_id,),
+            )
+            await txn.execute(
+                "INSERT INTO user_filters (user_id, filter_id, filter_json) VALUES (?, ?, ?)",
+                (user_id, next_id, json.dumps(filter_json)),
+            )
+            return next_id
+
+        # Two uploads by one user may pick the same ID; the loser takes the next.
+        for _attempt in range(_ADD_FILTER_ATTEMPTS - 1):
+            try:
+                return await self.db.run("add_filter", _fn)
+            except Exception as exc:
+                if not is_unique_violation(exc):
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.01))
+        return await self.db.run("add_filter", _fn)
+
+    async def get_filter(self, user_id: str, filter_id: int) -> dict[str, Any] | None:
+        raw = await self.db.fetchval(
+            "get_filter",
+            "SELECT filter_json FROM user_filters WHERE user_id = ? AND filter_id = ?",
+            (user_id, filter_id),
+        )
+        return json.loads(raw) if raw is not None else None
