@@ -3,8 +3,8 @@
 Two people chat the way a client does: create a room, invite, join, send,
 read history back, redact, edit, react, reply in a thread, leave. nio parses
 every answer with its own schemas, so a response our tests would accept but
-real clients choke on fails here. (/sync is not implemented yet, so rooms
-are always named by ID and nothing here needs nio's synced room objects.)
+real clients choke on fails here. Rooms are named by ID and nothing here
+needs nio's synced room objects; sync loops are tested in test_nio_sync.py.
 """
 
 from __future__ import annotations
