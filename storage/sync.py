@@ -23,17 +23,19 @@ class SyncStore:
 
     async def rooms_with_events(
         self, room_ids: Sequence[str], from_stream: int, to_stream: int
-    ) -> set[str]:
-        """Which of the rooms have events in (from_stream, to_stream]: a range read of the stream."""
+    ) -> dict[str, bool]:
+        """The rooms with events in (from_stream, to_stream], each with whether
+        any was a membership change: one range read of the stream."""
         wanted = set(room_ids)
         if not wanted or from_stream >= to_stream:
-            return set()
+            return {}
         rows = await self.db.fetchall(
             "sync_rooms_with_events",
-            "SELECT DISTINCT room_id FROM events WHERE stream_ordering > ? AND stream_ordering <= ?",
+            "SELECT room_id, MAX(CASE WHEN type = 'm.room.member' THEN 1 ELSE 0 END) FROM events"
+            " WHERE stream_ordering > ? AND stream_ordering <= ? GROUP BY room_id",
             (from_stream, to_stream),
         )
-        return {r[0] for r in rows} & wanted
+        return {room_id: bool(members) for room_id, members in rows if room_id in wanted}
 
     async def recent_events(
         self,

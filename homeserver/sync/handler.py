@@ -73,6 +73,12 @@ class SyncResult:
     has_news: bool = False
 
 
+def _moved(since: StreamToken | None, now: StreamToken, stream: str) -> bool:
+    """Whether `stream` can have anything new: positions only grow, so an
+    unmoved stream needs no query."""
+    return since is None or getattr(since, stream) < getattr(now, stream)
+
+
 class SyncHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
@@ -231,9 +237,9 @@ class SyncHandler:
         joined = [m for m in visible if m.membership == "join"]
         joined_ids = [m.room_id for m in joined]
 
-        # Rooms whose sections must be computed.
+        # Rooms whose sections must be computed, and whether their members changed.
         if since is None or full_state:
-            changed_events = set(joined_ids)
+            changed_events = dict.fromkeys(joined_ids, True)
         else:
             changed_events = await self.store.rooms_with_events(joined_ids, from_events, now.events)
         # Memberships that changed in (since, now]: invites, knocks and leaves
@@ -250,9 +256,9 @@ class SyncHandler:
         ephemeral = await self._ephemeral(user_id, joined_ids, since, now)
         global_data, room_data = await self._account_data(user_id, since, now)
         unread = await self._unread(user_id, joined_ids)
+        # The summary is sent when it can have changed: new to the client, or members changed.
         summaries = await self.store.member_summaries(
-            [r for r in joined_ids if since is None or full_state or r in newly or r in changed_events],
-            user_id,
+            [r for r in joined_ids if r in newly or changed_events.get(r, False)], user_id
         )
 
         join_sections: dict[str, Any] = {}
@@ -330,8 +336,12 @@ class SyncHandler:
                     },
                 }
 
-        presence_events = sync_filter.presence.apply(
-            await self.hs.presence.get_updates(user_id, since.presence if since else 0, now.presence)
+        presence_events = (
+            sync_filter.presence.apply(
+                await self.hs.presence.get_updates(user_id, since.presence if since else 0, now.presence)
+            )
+            if _moved(since, now, "presence")
+            else []
         )
         global_data = sync_filter.account_data.apply(global_data)
 
@@ -524,9 +534,17 @@ class SyncHandler:
         self, user_id: str, room_ids: list[str], since: StreamToken | None, now: StreamToken
     ) -> dict[str, list[dict[str, Any]]]:
         result: dict[str, list[dict[str, Any]]] = {}
-        typing = await self.hs.typing.get_updates(room_ids, since.typing if since else 0, now.typing)
-        receipts = await self.hs.receipts.get_updates(
-            room_ids, user_id, since.receipts if since else 0, now.receipts
+        typing = (
+            await self.hs.typing.get_updates(room_ids, since.typing if since else 0, now.typing)
+            if _moved(since, now, "typing")
+            else {}
+        )
+        receipts = (
+            await self.hs.receipts.get_updates(
+                room_ids, user_id, since.receipts if since else 0, now.receipts
+            )
+            if _moved(since, now, "receipts")
+            else {}
         )
         for updates in (typing, receipts):
             for room_id, event in updates.items():
@@ -536,6 +554,8 @@ class SyncHandler:
     async def _account_data(
         self, user_id: str, since: StreamToken | None, now: StreamToken
     ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+        if not _moved(since, now, "account_data"):
+            return [], {}
         from_pos = since.account_data if since else 0
         global_data, room_data = await self.hs.account_data.get_updates(
             user_id, from_pos, now.account_data
