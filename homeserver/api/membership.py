@@ -40,20 +40,6 @@ def register(router: Router, hs: "HomeServer") -> None:
         )
         return json_response({"room_id": room_id})
 
-    async def join(request: web.Request) -> web.Response:
-        requester = await hs.auth.get_requester(request, allow_guest=True)
-        body = await read_json(request, allow_empty=True)
-        room_id = request.match_info["roomId"]
-        await rooms.update_membership(
-            requester.user_id,
-            room_id,
-            requester.user_id,
-            "join",
-            reason=await _reason(body),
-            guest=requester.is_guest,
-        )
-        return json_response({"room_id": room_id})
-
     async def knock(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request)
         body = await read_json(request, allow_empty=True)
@@ -100,7 +86,8 @@ def register(router: Router, hs: "HomeServer") -> None:
         return handler
 
     router.client("POST", "/join/{roomIdOrAlias}", join_by_id_or_alias)
-    router.client("POST", "/rooms/{roomId}/join", join)
+    # The same handler: a room ID resolves to itself.
+    router.client("POST", "/rooms/{roomIdOrAlias}/join", join_by_id_or_alias)
     router.client("POST", "/knock/{roomIdOrAlias}", knock)
     router.client("POST", "/rooms/{roomId}/leave", leave)
     router.client("POST", "/rooms/{roomId}/forget", forget)
