@@ -21,7 +21,7 @@ import random
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, TypeVar
 
@@ -370,6 +370,17 @@ class PostgresDatabase(Database):
         assert self._pool is not None
         async with self._pool.connection() as conn:
             yield conn
+
+
+# How many values one `IN (...)` list carries: far below either engine's
+# limit on bound parameters, large enough that few round trips are needed.
+IN_LIST_BATCH = 500
+
+
+def batches(items: Sequence[Any]) -> Iterator[list[Any]]:
+    """`items` in lists of at most IN_LIST_BATCH, for `IN (...)` queries."""
+    for i in range(0, len(items), IN_LIST_BATCH):
+        yield list(items[i : i + IN_LIST_BATCH])
 
 
 def placeholders(n: int) -> str:

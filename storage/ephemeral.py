@@ -11,24 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .engines import Database, Transaction, placeholders
+from .engines import Database, Transaction, batches, placeholders
 from .streams import next_position_txn
 
-_BATCH = 500
 JsonDict = dict[str, Any]
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
-
-def _batches(items: Sequence[str]) -> Iterable[list[str]]:
-    for i in range(0, len(items), _BATCH):
-        yield list(items[i : i + _BATCH])
 
 
 # ------------------------------------------------------------- account data
@@ -167,7 +162,7 @@ class ReceiptStore:
     ) -> list[Receipt]:
         """Receipts of the rooms written in (from_pos, to_pos]; of `private_type`, only the viewer's."""
         receipts: list[Receipt] = []
-        for batch in _batches(room_ids):
+        for batch in batches(room_ids):
             rows = await self.db.fetchall(
                 "get_receipt_changes",
                 "SELECT room_id, receipt_type, user_id, thread_id, event_id, data FROM receipts"
@@ -273,7 +268,7 @@ class TypingStore:
     async def typing_users(self, room_ids: Sequence[str], now: int) -> dict[str, list[str]]:
         """Who is typing now in each of the rooms (rooms with nobody typing are left out)."""
         typing: dict[str, list[str]] = {}
-        for batch in _batches(room_ids):
+        for batch in batches(room_ids):
             rows = await self.db.fetchall(
                 "typing_users",
                 "SELECT room_id, user_id FROM typing"
@@ -418,7 +413,7 @@ class PresenceStore:
     async def room_mates(self, user_ids: Sequence[str]) -> set[str]:
         """Everyone joined to a room one of the users is joined to (those users included)."""
         mates: set[str] = set(user_ids)
-        for batch in _batches(user_ids):
+        for batch in batches(user_ids):
             rows = await self.db.fetchall(
                 "presence_room_mates",
                 "SELECT DISTINCT m2.user_id FROM room_memberships m1"

@@ -19,12 +19,11 @@ from typing import Any
 from homeserver.events.model import ROOM_VERSIONS, Event, StateKey
 
 from .cache import LRUCache
-from .engines import Database, Transaction, placeholders
+from .engines import Database, Transaction, batches, placeholders
 from .streams import next_position_txn
 
 # A delta chain longer than this gets a full snapshot instead.
 MAX_STATE_DELTA_CHAIN = 50
-_BATCH = 500
 
 StateMap = dict[StateKey, str]
 
@@ -140,8 +139,7 @@ class EventStore:
 
     async def _fetch_events_txn(self, txn: Transaction, event_ids: list[str]) -> dict[str, Event]:
         found: dict[str, Event] = {}
-        for i in range(0, len(event_ids), _BATCH):
-            batch = event_ids[i : i + _BATCH]
+        for batch in batches(event_ids):
             rows = await txn.fetchall(
                 "SELECT e.event_id, r.room_version, e.json, e.rejected, e.device_id, e.txn_id,"
                 " e.redacted_by, e.replaces_state"
@@ -162,8 +160,7 @@ class EventStore:
         """(position, state group after the event) for each stored event."""
         ids = list(event_ids)
         result: dict[str, tuple[EventPosition, int]] = {}
-        for i in range(0, len(ids), _BATCH):
-            batch = ids[i : i + _BATCH]
+        for batch in batches(ids):
             rows = await self.db.fetchall(
                 "get_event_positions",
                 "SELECT event_id, stream_ordering, topological_ordering, state_group FROM events"
@@ -407,8 +404,7 @@ class EventStore:
         result: dict[str, StateMap] = {room_id: {} for room_id in room_ids}
         if not types:
             return result
-        for i in range(0, len(room_ids), _BATCH):
-            batch = list(room_ids[i : i + _BATCH])
+        for batch in batches(room_ids):
             rows = await self.db.fetchall(
                 "get_current_state_for_rooms",
                 "SELECT room_id, type, state_key, event_id FROM current_state_events"
@@ -423,8 +419,7 @@ class EventStore:
     async def count_joined_members(self, room_ids: Sequence[str]) -> dict[str, int]:
         """How many users are joined to each room (0 for unknown rooms)."""
         counts = {room_id: 0 for room_id in room_ids}
-        for i in range(0, len(room_ids), _BATCH):
-            batch = list(room_ids[i : i + _BATCH])
+        for batch in batches(room_ids):
             rows = await self.db.fetchall(
                 "count_joined_members",
                 "SELECT room_id, COUNT(*) FROM room_memberships"

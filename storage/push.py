@@ -15,10 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .engines import Database, Transaction, placeholders
+from .engines import Database, Transaction, batches, placeholders
 from .streams import next_position_txn
 
-_BATCH = 500
 
 # The receipts that mark notifications read (spec: either, whichever is further ahead).
 _READ_TYPES = "('m.read', 'm.read.private')"
@@ -153,8 +152,7 @@ class PushStore:
     async def get_rules_for_users(self, user_ids: Sequence[str]) -> dict[str, list[StoredRule]]:
         """Every given user's rule rows (users without any map to [])."""
         found: dict[str, list[StoredRule]] = {u: [] for u in user_ids}
-        for i in range(0, len(user_ids), _BATCH):
-            batch = list(user_ids[i : i + _BATCH])
+        for batch in batches(user_ids):
             rows = await self.db.fetchall(
                 "get_push_rules",
                 f"SELECT {_RULE_COLUMNS} FROM push_rules WHERE user_id IN ({placeholders(len(batch))})",
@@ -344,8 +342,7 @@ class PushStore:
         """For each event: (its m.thread root, the event it relates to), to place it in a thread."""
         ids = list(event_ids)
         found: dict[str, tuple[str | None, str | None]] = {}
-        for i in range(0, len(ids), _BATCH):
-            batch = ids[i : i + _BATCH]
+        for batch in batches(ids):
             rows = await self.db.fetchall(
                 "relation_parents",
                 "SELECT event_id, thread_id, relates_to_id FROM events"
@@ -360,8 +357,7 @@ class PushStore:
     ) -> dict[str, dict[str, tuple[int, int]]]:
         """Unread (notification, highlight) counts per room and thread ('main' or a root)."""
         counts: dict[str, dict[str, tuple[int, int]]] = {}
-        for i in range(0, len(room_ids), _BATCH):
-            batch = list(room_ids[i : i + _BATCH])
+        for batch in batches(room_ids):
             rows = await self.db.fetchall(
                 "unread_counts",
                 f"WITH wanted (room_id) AS (VALUES {', '.join('(?)' for _ in batch)})"
@@ -437,8 +433,7 @@ class PushStore:
             rows = await self.db.fetchall("get_all_pushers", f"SELECT {_PUSHER_COLUMNS} FROM pushers")
             return [_pusher_from_row(r) for r in rows]
         found: list[Pusher] = []
-        for i in range(0, len(user_ids), _BATCH):
-            batch = list(user_ids[i : i + _BATCH])
+        for batch in batches(user_ids):
             rows = await self.db.fetchall(
                 "get_pushers",
                 f"SELECT {_PUSHER_COLUMNS} FROM pushers WHERE user_id IN ({placeholders(len(batch))})"

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .engines import Database, placeholders
+from .engines import Database, batches, placeholders
 
-_BATCH = 500
 
 # The relation types the server aggregates (annotations are not bundled).
 AGGREGATED_TYPES = ("m.thread", "m.replace", "m.reference")
@@ -159,7 +158,7 @@ class RelationStore:
         One indexed query per batch; parents without children cost nothing more.
         """
         result: dict[str, dict[str, RelationSummary]] = {}
-        for batch in _batches(parent_ids):
+        for batch in batches(parent_ids):
             rows = await self.db.fetchall(
                 "relation_summaries",
                 "SELECT c.relates_to_id, c.relation_type, COUNT(*),"
@@ -220,7 +219,7 @@ class RelationStore:
         take: int,
     ) -> dict[str, list[str]]:
         result: dict[str, list[str]] = {}
-        for batch in _batches(parent_ids):
+        for batch in batches(parent_ids):
             rows = await self.db.fetchall(
                 name,
                 "SELECT parent_id, event_id FROM ("
@@ -238,7 +237,7 @@ class RelationStore:
     async def references(self, parent_ids: Sequence[str]) -> dict[str, list[str]]:
         """Per parent, the events referencing it (`m.reference`), oldest first."""
         result: dict[str, list[str]] = {}
-        for batch in _batches(parent_ids):
+        for batch in batches(parent_ids):
             rows = await self.db.fetchall(
                 "relation_references",
                 f"SELECT c.relates_to_id, c.event_id {_LIVE_CHILD}"
@@ -291,5 +290,3 @@ class RelationStore:
         return [ThreadActivity(root_id, latest) for root_id, latest in rows]
 
 
-def _batches(ids: Sequence[str]) -> list[Sequence[str]]:
-    return [ids[i : i + _BATCH] for i in range(0, len(ids), _BATCH)]

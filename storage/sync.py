@@ -10,10 +10,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from .engines import Database, Transaction, is_unique_violation, placeholders
+from .engines import Database, Transaction, batches, is_unique_violation, placeholders
 from .history import EventMatch, TimelineRow, match_sql
 
-_BATCH = 500
 _ADD_FILTER_ATTEMPTS = 20
 
 
@@ -75,8 +74,7 @@ class SyncStore:
         none, those who left or were banned.
         """
         result: dict[str, tuple[int, int, list[str]]] = {}
-        for i in range(0, len(room_ids), _BATCH):
-            batch = list(room_ids[i : i + _BATCH])
+        for batch in batches(room_ids):
             counts = await self.db.fetchall(
                 "sync_member_counts",
                 "SELECT room_id, membership, COUNT(*) FROM room_memberships"
