@@ -32,11 +32,20 @@ def load_or_create_signing_key(path: Path) -> SigningKey:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         key = generate_signing_key("a_" + os.urandom(3).hex())
-        # Created private (0600) from the start: never readable by others.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            write_signing_keys(f, [key])
-        return key
+        # Written whole to a private (0600) file of our own, then linked into place: a process
+        # starting at the same moment either wins the link or reads the complete file of the one
+        # that did; never a half-written key, never two keys.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                write_signing_keys(f, [key])
+            os.link(tmp, path)
+            return key
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
     try:
         with path.open() as f:
             keys = read_signing_keys(f)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import stat
 import time
@@ -65,6 +66,25 @@ def test_each_server_gets_its_own_key(tmp_path: Path) -> None:
     a = load_or_create_signing_key(tmp_path / "a.key")
     b = load_or_create_signing_key(tmp_path / "b.key")
     assert encode_signing_key_base64(a) != encode_signing_key_base64(b)
+
+
+def _create_key_in_child(path: str) -> str:
+    key = load_or_create_signing_key(Path(path))
+    return f"{key.version} {encode_signing_key_base64(key)}"
+
+
+def test_processes_starting_together_agree_on_one_key(tmp_path: Path) -> None:
+    """Several `homeserver run` processes of one server create the missing key file at the same
+    moment: none fails, all sign with the one key the file ends up holding, and no temporary file
+    is left behind."""
+    for attempt in range(5):
+        path = tmp_path / f"race{attempt}" / "signing.key"
+        with multiprocessing.get_context("fork").Pool(8) as pool:
+            keys = pool.map(_create_key_in_child, [str(path)] * 16)
+        on_disk = load_or_create_signing_key(path)
+        assert set(keys) == {f"{on_disk.version} {encode_signing_key_base64(on_disk)}"}
+        assert [p.name for p in path.parent.iterdir()] == ["signing.key"]
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 @pytest.mark.parametrize(
