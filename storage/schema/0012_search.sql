@@ -1,0 +1,8 @@
+-- Full-text search of room events (spec: Server Side Search).
+--
+-- The index is engine-specific (0012_search.postgres.sql: a tsvector column
+-- with a GIN index; 0012_search.sqlite.sql: an FTS5 table). Both are keyed
+-- by events.stream_ordering and hold, per event, the text storage/search.py
+-- `searchable_text` picks: content.body of m.room.message, content.name of
+-- m.room.name, content.topic of m.room.topic. Rejected and redacted events
+-- are not indexed. Events stored before this migration are indexed by it.

@@ -1,0 +1,13 @@
+-- The user directory (POST /user_directory/search): local users found by
+-- the words of their user ID's localpart and of their display name, by
+-- prefix, case-insensitively.
+--
+-- The index is engine-specific and kept in step with `profiles` by the
+-- database itself, whatever writes a profile (registration, profile
+-- changes, admin API, deactivation, which clears the display name):
+-- 0013_user_directory.postgres.sql adds a generated tsvector column to
+-- `profiles` with a GIN index; 0013_user_directory.sqlite.sql an FTS5
+-- table maintained by triggers. Who may be found (deactivated users never;
+-- with `user_directory.search_all_users: false` only users sharing a room
+-- with the searcher or joined to a public room) is decided at query time
+-- from `users` and `room_memberships`: see storage/user_directory.py.
