@@ -1,4 +1,4 @@
-"""Command line: `homeserver run | generate-config | register-user | migrate`."""
+"""Command line: `homeserver run | generate-config | register-user | migrate | users ...`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,17 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import Config, ConfigError, generate_config, load_config
+
+if TYPE_CHECKING:
+    from storage.users import UserSummary
+
+    from .admin.users import AdminUsers
 
 DEFAULT_DATA_DIR = "data"
 CONFIG_NAME = "homeserver.yaml"
@@ -52,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         text = generate_config(args.server_name, port=args.port)
         load_config_text_check(text, data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        _write_private(path, text)
+        write_private(path, text)
         first_run = True
     config = _load(args)
     configure_logging(config.log_level)
@@ -94,11 +101,11 @@ def cmd_generate_config(args: argparse.Namespace) -> None:
         public_baseurl=args.public_baseurl,
     )
     load_config_text_check(text, out.parent)
-    _write_private(out, text)
+    write_private(out, text)
     print(f"wrote {out}")
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write a new file readable by its owner only (it holds the shared secret)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -217,6 +224,107 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     asyncio.run(_run())
 
 
+# ---------------------------------------------------------------------- users
+#
+# `homeserver users ...` works on the database the config names, as `migrate`
+# does, so it needs no admin access token and works with the server stopped
+# (the first admin can be made this way). It calls the same code as the admin
+# API. A running server sees the changes at once: tokens are checked against
+# the database on every request. Its contacts' /sync requests learn of a
+# deactivated user's removed devices on their next wake-up rather than at once.
+
+
+def _users_action(
+    args: argparse.Namespace, action: Callable[[AdminUsers], Awaitable[None]]
+) -> None:
+    """Run `await action(AdminUsers)` against the config's (migrated) database."""
+    from storage.migrations import current_version, latest_version
+
+    from .admin.users import AdminUsers
+    from .app import HomeServer
+    from .errors import MatrixError
+
+    config = _load(args)
+
+    async def _run() -> None:
+        # The server's own services (a deactivated user leaves their rooms
+        # through the room writer), without its listeners or background tasks.
+        hs = HomeServer(config)
+        db = hs.db
+        await db.open()
+        try:
+            version = await current_version(db)
+            if version != latest_version():
+                raise CommandError(
+                    f"the database schema is at version {version}, this release uses "
+                    f"{latest_version()}: run `homeserver migrate` first"
+                )
+            await action(AdminUsers(config, hs.storage, hs.accounts))
+        except MatrixError as e:
+            raise CommandError(f"{e.errcode}: {e.error}") from None
+        finally:
+            await db.close()
+
+    asyncio.run(_run())
+
+
+def cmd_users_list(args: argparse.Namespace) -> None:
+    page = 500
+
+    async def _list(admin: AdminUsers) -> None:
+        found: list[UserSummary] = []
+        while True:
+            users, _total = await admin.storage.users.list_users(
+                offset=len(found), limit=page, name=args.name,
+                deactivated=None if args.deactivated else False,
+            )
+            found.extend(users)
+            if len(users) < page:
+                break
+        width = max((len(u.user_id) for u in found), default=0)
+        for user in found:
+            flags = [
+                flag for flag, on in (
+                    ("admin", user.admin), ("guest", user.is_guest), ("deactivated", user.deactivated),
+                ) if on
+            ]
+            if user.user_type:
+                flags.append(user.user_type)
+            print(f"{user.user_id:<{width}}  {' '.join(flags)}".rstrip())
+        print(f"{len(found)} user{'' if len(found) == 1 else 's'}")
+
+    _users_action(args, _list)
+
+
+def cmd_users_deactivate(args: argparse.Namespace) -> None:
+    async def _deactivate(admin: AdminUsers) -> None:
+        await admin.deactivate(args.user_id)
+        print(f"deactivated {args.user_id}")
+
+    _users_action(args, _deactivate)
+
+
+def cmd_users_reset_password(args: argparse.Namespace) -> None:
+    password = args.password or _ask_password()
+
+    async def _reset(admin: AdminUsers) -> None:
+        await admin.reset_password(args.user_id, password, logout_devices=not args.keep_devices)
+        signed_out = "" if args.keep_devices else "; signed out of every device"
+        print(f"changed the password of {args.user_id}{signed_out}")
+
+    _users_action(args, _reset)
+
+
+def cmd_users_set_admin(args: argparse.Namespace) -> None:
+    admin_flag = args.admin == "true"
+
+    async def _set(admin: AdminUsers) -> None:
+        await admin.set_admin(None, args.user_id, admin_flag)
+        print(f"{args.user_id} is {'now' if admin_flag else 'no longer'} an admin")
+
+    _users_action(args, _set)
+
+
 # ----------------------------------------------------------------------- main
 
 
@@ -259,6 +367,29 @@ def build_parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="bring the database schema up to date and exit")
     common(mig)
     mig.set_defaults(func=cmd_migrate)
+
+    users = sub.add_parser("users", help="list and administer user accounts (on the database)")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    ulist = users_sub.add_parser("list", help="list local users")
+    common(ulist)
+    ulist.add_argument("--deactivated", action="store_true", help="include deactivated users")
+    ulist.add_argument("--name", help="only users whose localpart or display name contains this")
+    ulist.set_defaults(func=cmd_users_list)
+    udeact = users_sub.add_parser("deactivate", help="deactivate an account (signs it out everywhere)")
+    common(udeact)
+    udeact.add_argument("user_id", help="e.g. @alice:example.com")
+    udeact.set_defaults(func=cmd_users_deactivate)
+    ureset = users_sub.add_parser("reset-password", help="set a new password (prompts for it)")
+    common(ureset)
+    ureset.add_argument("user_id", help="e.g. @alice:example.com")
+    ureset.add_argument("-p", "--password", help="instead of prompting (visible to other local users)")
+    ureset.add_argument("--keep-devices", action="store_true", help="do not sign the user out")
+    ureset.set_defaults(func=cmd_users_reset_password)
+    uadmin = users_sub.add_parser("set-admin", help="make a user an admin, or not")
+    common(uadmin)
+    uadmin.add_argument("user_id", help="e.g. @alice:example.com")
+    uadmin.add_argument("admin", choices=("true", "false"))
+    uadmin.set_defaults(func=cmd_users_set_admin)
     return parser
 
 

@@ -15,6 +15,9 @@ from collections.abc import Iterable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from appservices.api import register as register_appservice_api
+from appservices.registration import load_application_services
+from appservices.service import ApplicationServices
 from federation.api import register_routes as register_federation_routes
 from federation.keys import load_or_create_signing_key
 from storage import Database, Storage, create_database
@@ -27,11 +30,16 @@ from .accounts.service import Accounts
 from .accounts.uia import UserInteractiveAuth
 from .api import register_client_api
 from .config import Config
+from .e2ee.backup import KeyBackup
 from .ephemeral.account_data import AccountData
 from .ephemeral.presence import Presence
 from .ephemeral.receipts import Receipts
 from .ephemeral.typing import TypingNotifications
+from .e2ee.devices import DeviceLists, ToDevice
+from .e2ee.keys import E2EKeys
 from .events.client import ClientEventSerializer
+from .media.repository import MediaRepository
+from .net import AddressPolicy
 from .push.service import PushService
 from .rooms.directory import Directory
 from .rooms.hierarchy import RoomHierarchy
@@ -40,6 +48,8 @@ from .rooms.relations import Relations
 from .rooms.service import Rooms
 from .rooms.upgrade import RoomUpgrader
 from .rooms.writer import RoomWriter, SentEvent
+from .search.service import MessageSearch
+from .search.user_directory import UserDirectory
 from .sync.handler import SyncHandler
 from .sync.notifier import Notifier
 from .sync.pgnotify import PgNotifyBridge
@@ -82,6 +92,12 @@ class HomeServer:
         self.presence = Presence(
             self.storage.presence, self.notifier, enabled=config.presence.enabled
         )
+        self.e2ee_keys = E2EKeys(self.storage, config.server_name, self.notifier)
+        self.device_lists = DeviceLists(self.storage, self.notifier)
+        self.to_device = ToDevice(self.storage, self.notifier, config.server_name)
+        self.e2ee_keys.listeners.append(self.device_lists.notify)
+        self.accounts.device_listeners.append(self.device_lists.notify)
+        self.accounts.deactivation_listeners.append(self.rooms.leave_all)
         self.sync_handler = SyncHandler(self)
         # Other processes on this PostgreSQL database hear of our changes, and we of theirs.
         self.pg_notify = (
@@ -89,13 +105,29 @@ class HomeServer:
             if isinstance(self.db, PostgresDatabase)
             else None
         )
-        self.push = PushService(self.storage, self.notifier, config.server_name)
+        self.push = PushService(
+            self.storage, self.notifier, config.server_name,
+            AddressPolicy(config.ip_range_blacklist, config.ip_range_whitelist), self.account_data,
+        )
         # Before the notifier's listener: counts are stored before /sync wakes.
         self.room_writer.listeners.append(self.push.on_events)
         self.room_writer.listeners.append(self._notify_events)
+        # Sending is activity: the sender is online (after the syncs are woken).
+        self.room_writer.listeners.append(self.presence.on_events)
         self.hierarchy = RoomHierarchy(self.storage, self.rooms)
         self.upgrades = RoomUpgrader(self.storage, self.rooms, self.room_writer)
-        self.history = RoomHistory(self.storage, self.rooms)
+        self.history = RoomHistory(self.storage, self.rooms, self.account_data)
+        self.search = MessageSearch(self.storage, self.history, config.search.language)
+        self.user_directory = UserDirectory(
+            self.storage,
+            enabled=config.user_directory.enabled,
+            search_all_users=config.user_directory.search_all_users,
+        )
+        self.appservices = ApplicationServices(self, load_application_services(config))
+        self.appservices.attach(self)
+        self.media = MediaRepository(config, self.storage.media)
+        self.media.is_quarantined = self.storage.admin_media.is_quarantined
+        self.key_backup = KeyBackup(self.storage)
 
     def _notify_events(self, sent: list[SentEvent]) -> None:
         """Wake the syncs of the room's members (and of a membership's target)."""
@@ -115,13 +147,17 @@ class HomeServer:
             # Listening before reading the positions: nothing committed in between is missed.
             await self.pg_notify.start()
         self.notifier.positions.update(await current_positions(self.db))
+        await self.search.start()
         self.auth.start()
         self.accounts.start()
         await self.push.start()
+        await self.appservices.start()
         self.typing.start()
         self.presence.start()
+        self.media.start()
 
     async def stop(self) -> None:
+        await self.appservices.stop()
         await self.push.stop()
         if self.pg_notify is not None:
             await self.pg_notify.stop()
@@ -161,6 +197,7 @@ def build_app(
     router = Router(app)
     if "client" in resources:
         register_client_api(router, hs)
+        register_appservice_api(router, hs)
     elif "health" in resources:
         router.add("GET", "/health", _health)
     if resources & {"federation", "keys"}:

@@ -13,6 +13,7 @@ step.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import re
 import secrets
@@ -115,10 +116,46 @@ class PasswordConfig:
 
 
 @dataclass
+class ThumbnailSize:
+    width: int = 32
+    height: int = 32
+    # crop: exactly width x height, cut to that aspect; scale: fits inside.
+    method: Literal["crop", "scale"] = "scale"
+
+
+def _default_thumbnail_sizes() -> list[ThumbnailSize]:
+    # Synapse's defaults, which are also the sizes the spec recommends.
+    return [
+        ThumbnailSize(32, 32, "crop"),
+        ThumbnailSize(96, 96, "crop"),
+        ThumbnailSize(320, 240, "scale"),
+        ThumbnailSize(640, 480, "scale"),
+        ThumbnailSize(800, 600, "scale"),
+    ]
+
+
+@dataclass
 class PresenceConfig:
     # Off: presence is neither tracked nor sent in /sync; its endpoints
     # still answer (everyone is offline).
     enabled: bool = True
+
+
+@dataclass
+class SearchConfig:
+    # PostgreSQL text search configuration messages are indexed and searched
+    # with (stemming, stop words): english, german, french, simple, ... or a
+    # custom one. SQLite always uses Unicode words with English stemming.
+    language: str = "english"
+
+
+@dataclass
+class UserDirectoryConfig:
+    enabled: bool = True
+    # True (unlike Synapse): every local user can be found, as in a company
+    # address book. False: only users sharing a room with the searcher or
+    # joined to a public room.
+    search_all_users: bool = True
 
 
 @dataclass
@@ -146,14 +183,48 @@ class Config:
     rc_login: LoginRateLimits = field(default_factory=LoginRateLimits)
     rc_registration: RateLimit = _rc(0.17, 3)
     rc_registration_token_validity: RateLimit = _rc(0.1, 5)
+    # Per user: /sendToDevice and /keys/claim requests.
+    rc_key_requests: RateLimit = _rc(20, 100)
 
     max_upload_size: ByteSize = ByteSize(50 * 1024**2)
     max_request_body_size: ByteSize = ByteSize(8 * 1024**2)
 
+    # Media repository (docs/media.md).
+    enable_authenticated_media: bool = True
+    max_image_pixels: ByteSize = ByteSize(32 * 1024**2)
+    dynamic_thumbnails: bool = False
+    thumbnail_sizes: list[ThumbnailSize] = field(default_factory=_default_thumbnail_sizes)
+    unused_expiration_time: Duration = Duration(24 * 3_600_000)
+    max_pending_media_uploads: int = 5
+    # URL previews (GET .../media/preview_url); off unless enabled.
+    url_preview_enabled: bool = False
+    url_preview_ip_range_blacklist: list[str] = field(default_factory=list)
+    url_preview_ip_range_whitelist: list[str] = field(default_factory=list)
+    url_preview_url_blacklist: list[dict[str, Any]] = field(default_factory=list)
+    url_preview_url_allowlist: list[dict[str, Any]] = field(default_factory=list)
+    max_spider_size: ByteSize = ByteSize(10 * 1024**2)
+    # Outgoing requests to addresses users give (push gateways), as Synapse names them.
+    ip_range_blacklist: list[str] = field(default_factory=list)
+    ip_range_whitelist: list[str] = field(default_factory=list)
+
     serve_server_wellknown: bool = True
     require_auth_for_profile_requests: bool = False
 
+    # TURN servers for VoIP calls (GET /voip/turnServer), as Synapse names them.
+    turn_uris: list[str] = field(default_factory=list)
+    turn_shared_secret: str | None = None
+    turn_username: str | None = None
+    turn_password: str | None = None
+    turn_user_lifetime: Duration = Duration(3_600_000)
+    turn_allow_guests: bool = True
+
     presence: PresenceConfig = field(default_factory=PresenceConfig)
+
+    search: SearchConfig = field(default_factory=SearchConfig)
+    user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
+
+    # Application-service registration files (YAML), loaded and checked at start.
+    app_service_config_files: list[str] = field(default_factory=list)
 
     # Set by `load_config`: the directory relative paths are resolved against.
     config_dir: str = field(default=".", metadata={"internal": True})
@@ -247,7 +318,7 @@ def _convert(tp: Any, value: Any, path: str, unknown: list[str]) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return _load_dataclass(tp, value, path, unknown)
+        return load_dataclass(tp, value, path, unknown)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: expected true or false, got {value!r}")
@@ -267,7 +338,7 @@ def _convert(tp: Any, value: Any, path: str, unknown: list[str]) -> Any:
     raise AssertionError(f"unsupported config type {tp!r} at {path}")
 
 
-def _load_dataclass(cls: Any, data: dict[str, Any], path: str, unknown: list[str]) -> Any:
+def load_dataclass(cls: Any, data: dict[str, Any], path: str, unknown: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
@@ -287,7 +358,7 @@ def parse_config(data: Any, config_dir: str = ".") -> tuple[Config, list[str]]:
     if not isinstance(data, dict):
         raise ConfigError("the configuration file must be a YAML mapping of option: value")
     unknown: list[str] = []
-    config = _load_dataclass(Config, data, "", unknown)
+    config = load_dataclass(Config, data, "", unknown)
     config.config_dir = config_dir
     _validate(config)
     return config, unknown
@@ -326,6 +397,7 @@ def _validate(config: Config) -> None:
     for name, rl in [
         ("rc_registration", config.rc_registration),
         ("rc_registration_token_validity", config.rc_registration_token_validity),
+        ("rc_key_requests", config.rc_key_requests),
         ("rc_login.address", config.rc_login.address),
         ("rc_login.account", config.rc_login.account),
         ("rc_login.failed_attempts", config.rc_login.failed_attempts),
@@ -337,18 +409,77 @@ def _validate(config: Config) -> None:
         raise ConfigError("refreshable_access_token_lifetime: must be positive")
     if config.max_request_body_size < 65536:
         raise ConfigError("max_request_body_size: must be at least 64K (one Matrix event)")
+    if config.max_upload_size < 1:
+        raise ConfigError("max_upload_size: must be at least 1 byte")
+    if config.max_image_pixels < 1:
+        raise ConfigError("max_image_pixels: must be positive")
+    for i, size in enumerate(config.thumbnail_sizes):
+        if not (1 <= size.width <= 10000 and 1 <= size.height <= 10000):
+            raise ConfigError(f"thumbnail_sizes[{i}]: width and height must be 1..10000")
+    if config.unused_expiration_time <= 0:
+        raise ConfigError("unused_expiration_time: must be positive")
+    if config.max_pending_media_uploads < 1:
+        raise ConfigError("max_pending_media_uploads: must be at least 1")
+    _validate_url_preview(config)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", config.search.language):
+        raise ConfigError(
+            f"search.language: expected a text search configuration name such as english,"
+            f" got {config.search.language!r}"
+        )
 
 
-def load_config(path: str | Path) -> Config:
+_URL_PARTS = frozenset(
+    {"scheme", "netloc", "path", "params", "query", "fragment", "username", "password",
+     "hostname", "port"}
+)
+
+
+def _validate_url_preview(config: Config) -> None:
+    for key in (
+        "url_preview_ip_range_blacklist", "url_preview_ip_range_whitelist",
+        "ip_range_blacklist", "ip_range_whitelist",
+    ):
+        for i, value in enumerate(getattr(config, key)):
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"{key}[{i}]: expected an IP address range such as 10.0.0.0/8, got {value!r}"
+                ) from None
+    for key in ("url_preview_url_blacklist", "url_preview_url_allowlist"):
+        for i, entry in enumerate(getattr(config, key)):
+            if not isinstance(entry, dict) or not entry:
+                raise ConfigError(f"{key}[{i}]: expected a mapping of URL part to pattern")
+            for part, pattern in entry.items():
+                if part not in _URL_PARTS:
+                    raise ConfigError(
+                        f"{key}[{i}].{part}: not a URL part (one of {', '.join(sorted(_URL_PARTS))})"
+                    )
+                if not isinstance(pattern, str):
+                    raise ConfigError(f"{key}[{i}].{part}: expected a glob or ^regex string")
+                if pattern.startswith("^"):
+                    try:
+                        re.compile(pattern)
+                    except re.error as e:
+                        raise ConfigError(f"{key}[{i}].{part}: invalid regex: {e}") from None
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """The YAML document in `path`; ConfigError if it cannot be read or parsed."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    data = read_yaml(path)
     config, unknown = parse_config(data, str(path.resolve().parent))
     for key in unknown:
         logger.warning("config: ignoring unknown option %r", key)

@@ -192,6 +192,10 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[
         raise MatrixError(400, "M_NOT_JSON", "Request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise bad_json("Request body must be a JSON object")
+    if _NUL_ESCAPE.search(body) and _has_nul_key(value):
+        # Object keys are IDs (users, devices, rooms, key IDs), which no
+        # database column can hold with a NUL in them.
+        raise bad_json("Object keys may not contain NUL characters")
     if _SURROGATE_ESCAPE.search(body):
         # `\ud800` alone parses but is not Unicode: refuse it here rather
         # than fail when it is stored or sent on.
@@ -203,6 +207,15 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_NUL_ESCAPE = re.compile(rb"\\u0000")
+
+
+def _has_nul_key(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any("\x00" in k or _has_nul_key(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul_key(v) for v in value)
+    return False
 
 
 _MISSING = object()

@@ -25,8 +25,11 @@ def split_user_id(uid: str) -> tuple[str, str] | None:
     return localpart, server
 
 
-def check_new_localpart(localpart: str, server_name: str) -> None:
-    """Refuse localparts a new account may not have (M_INVALID_USERNAME)."""
+def check_new_localpart(localpart: str, server_name: str, *, appservice: bool = False) -> None:
+    """Refuse localparts a new account may not have (M_INVALID_USERNAME).
+
+    A leading '_' is left to application services, whose namespaces use it.
+    """
     if not localpart:
         raise MatrixError(400, "M_INVALID_USERNAME", "User ID cannot be empty")
     if not _LOCALPART.match(localpart):
@@ -35,7 +38,7 @@ def check_new_localpart(localpart: str, server_name: str) -> None:
             "M_INVALID_USERNAME",
             "User ID can only contain characters a-z, 0-9, or '=_-./+'",
         )
-    if localpart.startswith("_"):
+    if localpart.startswith("_") and not appservice:
         raise MatrixError(400, "M_INVALID_USERNAME", "User ID may not begin with '_'")
     if localpart.isdigit():
         raise MatrixError(400, "M_INVALID_USERNAME", "Numeric user IDs are reserved for guests")

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from .admin_rooms import AdminMediaStore, AdminRoomStore
+from .appservices import AppserviceStore
 from .devices import DeviceStore
 from .directory import DirectoryStore
+from .e2ee import E2EStore
 from .engines import Database, PostgresDatabase, SQLiteDatabase
 from .ephemeral import AccountDataStore, PresenceStore, ReceiptStore, TypingStore
 from .events import EventStore
 from .history import HistoryStore
+from .key_backup import KeyBackupStore
+from .media import MediaStore
 from .push import PushStore
 from .registration import RegistrationStore
 from .relations import RelationStore
 from .reports import ReportStore
+from .search import SearchStore
 from .sync import SyncStore
 from .spaces import SpaceStore
 from .uia import UIAStore
+from .user_directory import UserDirectoryStore
 from .users import UserStore
 
 __all__ = ["Database", "Storage", "create_database"]
@@ -53,10 +60,13 @@ class Storage:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.users = UserStore(db)
+        self.appservices = AppserviceStore(db)
         self.devices = DeviceStore(db)
         self.registration = RegistrationStore(db)
         self.uia = UIAStore(db)
-        self.events = EventStore(db)
+        self.search = SearchStore(db)
+        self.user_directory = UserDirectoryStore(db)
+        self.events = EventStore(db, self.search)
         self.history = HistoryStore(db)
         self.relations = RelationStore(db)
         self.directory = DirectoryStore(db)
@@ -68,3 +78,8 @@ class Storage:
         self.receipts = ReceiptStore(db)
         self.typing = TypingStore(db)
         self.presence = PresenceStore(db)
+        self.e2ee = E2EStore(db)
+        self.key_backup = KeyBackupStore(db)
+        self.media = MediaStore(db)
+        self.admin_rooms = AdminRoomStore(db, self.events, self.search)
+        self.admin_media = AdminMediaStore(db)

@@ -6,7 +6,9 @@ versions) or whose writers invalidate it explicitly.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Generic, Hashable, TypeVar
 
 from prometheus_client import Counter
@@ -46,6 +48,34 @@ class LRUCache(Generic[K, V]):
         self._data.move_to_end(key)
         if len(self._data) > self.max_size:
             self._data.popitem(last=False)
+
+    async def get_or_load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        """The cached value, or `load()`'s, stored. Concurrent callers of a
+        key being loaded wait for that one load instead of starting theirs
+        (many syncs woken by one message read the same range). The load runs
+        as a task of its own, so a caller's cancellation does not cancel it
+        for the others; a failed load is not cached."""
+        entry = self._data.get(key, _MISSING)
+        if entry is not _MISSING:
+            self._hits.inc()
+            self._data.move_to_end(key)
+            if isinstance(entry, asyncio.Task):
+                return await asyncio.shield(entry)
+            return entry  # type: ignore[return-value]
+        self._misses.inc()
+        task = asyncio.ensure_future(load())
+        self.set(key, task)  # type: ignore[arg-type]
+
+        def settle(done: asyncio.Task) -> None:
+            if self._data.get(key) is not done:
+                return
+            if done.cancelled() or done.exception() is not None:
+                del self._data[key]
+            else:
+                self._data[key] = done.result()
+
+        task.add_done_callback(settle)
+        return await asyncio.shield(task)
 
     def invalidate(self, key: K) -> None:
         self._data.pop(key, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .e2ee import E2EStore
 from .engines import Database, Transaction
 
 
@@ -100,12 +101,18 @@ class DeviceStore:
         return changed > 0
 
     @staticmethod
-    async def delete_devices_txn(txn: Transaction, user_id: str, device_ids: list[str]) -> None:
-        """Delete devices with their tokens (cascade) and their pushers: a
-        signed-out phone must stop receiving notifications."""
+    async def delete_devices_txn(txn: Transaction, user_id: str, device_ids: list[str]) -> int | None:
+        """Delete devices with their tokens (cascade), their pushers (a
+        signed-out phone must stop receiving notifications) and their keys
+        and queued to-device messages. Returns the device_lists position
+        the change took (None if no device was named)."""
+        if not device_ids:
+            return None
         rows = [(user_id, d) for d in device_ids]
         await txn.executemany("DELETE FROM devices WHERE user_id = ? AND device_id = ?", rows)
         await txn.executemany("DELETE FROM pushers WHERE user_id = ? AND device_id = ?", rows)
+        await E2EStore.delete_devices_txn(txn, user_id, device_ids)
+        return await E2EStore.device_list_changed_txn(txn, (user_id,))
 
     @staticmethod
     async def device_ids_txn(txn: Transaction, user_id: str) -> list[str]:
@@ -157,6 +164,13 @@ class DeviceStore:
         return AccessTokenInfo(
             row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]), bool(row[7]),
             bool(row[8]),
+        )
+
+    async def set_access_token_expiry(self, token_hash: str, expires_ts: int) -> None:
+        await self.db.execute(
+            "set_access_token_expiry",
+            "UPDATE access_tokens SET expires_ts = ? WHERE token_hash = ?",
+            (expires_ts, token_hash),
         )
 
     async def mark_access_token_used(self, token_hash: str, refresh_token_hash: str) -> None:

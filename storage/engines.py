@@ -15,6 +15,7 @@ listeners) is registered with `txn.call_after`.
 from __future__ import annotations
 
 import asyncio
+import json
 import functools
 import logging
 import random
@@ -151,6 +152,14 @@ class Database(ABC):
     async def fetchval(self, name: str, sql: str, params: Sequence[Any] = ()) -> Any:
         row = await self.fetchone(name, sql, params)
         return row[0] if row else None
+
+    async def fetchall_in(self, name: str, sql: str, items: Iterable[Any], *params: Any) -> list[Row]:
+        """The rows of `sql`, whose `{}` stands for an IN-list of `items`,
+        read in batches; `params` fill the placeholders before the list."""
+        rows: list[Row] = []
+        for chunk in batches(sorted(set(items))):
+            rows.extend(await self.fetchall(name, sql.format(placeholders(len(chunk))), (*params, *chunk)))
+        return rows
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -383,6 +392,13 @@ def batches(items: Sequence[Any]) -> Iterator[list[Any]]:
         yield list(items[i : i + IN_LIST_BATCH])
 
 
+def like_pattern(value: str) -> str:
+    """A LIKE pattern matching `value` anywhere, its wildcards taken literally
+    (with `ESCAPE '\\'` where the engine needs it said)."""
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 def placeholders(n: int) -> str:
     """`?, ?, ?` for an `IN (...)` list of n values."""
     return ", ".join("?" * n)
@@ -397,3 +413,8 @@ def is_unique_violation(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(exc, errors.UniqueViolation)
+
+
+def dump_json(value: Any) -> str:
+    """Compact JSON text as stored in the database (UTF-8 kept as is)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

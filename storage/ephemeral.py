@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .engines import Database, Transaction, batches, placeholders
+from .engines import Database, Transaction, batches, dump_json, placeholders
 from .streams import next_position_txn
 
 JsonDict = dict[str, Any]
 
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 
@@ -50,6 +47,16 @@ class AccountDataStore:
         )
         return json.loads(content) if content is not None else None
 
+    async def get_global_for_users(self, user_ids: Collection[str], data_type: str) -> dict[str, JsonDict]:
+        """The global account data of one type of those of these users who have it."""
+        rows = await self.db.fetchall_in(
+            "get_account_data_for_users",
+            "SELECT user_id, content FROM account_data WHERE room_id = '' AND type = ? AND user_id IN ({})",
+            user_ids,
+            data_type,
+        )
+        return {user_id: json.loads(content) for user_id, content in rows}
+
     async def update(
         self,
         user_id: str,
@@ -76,7 +83,7 @@ class AccountDataStore:
                 "INSERT INTO account_data (user_id, room_id, type, content, stream_id)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, room_id, type) DO UPDATE SET"
                 " content = excluded.content, stream_id = excluded.stream_id",
-                (user_id, room_id, data_type, _dumps(content), position),
+                (user_id, room_id, data_type, dump_json(content), position),
             )
             return position
 
@@ -144,7 +151,7 @@ class ReceiptStore:
                 " WHERE receipts.event_stream_ordering < excluded.event_stream_ordering",
                 (
                     room_id, receipt_type, user_id, thread_id, event_id,
-                    event_stream_ordering, _dumps(data), position,
+                    event_stream_ordering, dump_json(data), position,
                 ),
             )
             return position if changed else None

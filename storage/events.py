@@ -19,7 +19,9 @@ from typing import Any
 from homeserver.events.model import ROOM_VERSIONS, Event, StateKey
 
 from .cache import LRUCache
-from .engines import Database, Transaction, batches, placeholders
+from .engines import Database, Transaction, batches, dump_json, placeholders
+from .relations import RelationStore
+from .search import SearchStore
 from .streams import next_position_txn
 
 # A delta chain longer than this gets a full snapshot instead.
@@ -54,8 +56,10 @@ class Membership:
     avatar_url: str | None
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+def _column_text(value: Any) -> str | None:
+    """A string from event content for a text column (which cannot hold NUL)."""
+    return value.replace("\x00", "") if isinstance(value, str) else None
 
 
 def room_lock_id(room_id: str) -> int:
@@ -64,8 +68,10 @@ def room_lock_id(room_id: str) -> int:
 
 
 class EventStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, search: SearchStore) -> None:
         self.db = db
+        # The full-text index, written in the same transactions as the events.
+        self.search = search
         self._events: LRUCache[str, Event] = LRUCache("events", 50_000)
         self._state_groups: LRUCache[int, StateMap] = LRUCache("state_groups", 5_000)
         self._room_versions: LRUCache[str, str] = LRUCache("room_versions", 100_000)
@@ -91,6 +97,54 @@ class EventStore:
             if version is not None:
                 self._room_versions.set(room_id, version)
         return version
+
+    async def claim_room_upgrade(
+        self, room_id: str, user_id: str, now: int, since: int
+    ) -> tuple[str, str | None] | None:
+        """Mark `user_id`'s upgrade of `room_id` as under way from `now`; None once marked.
+
+        Otherwise returns the upgrade in the way, as (upgrader, replacement
+        room): one under way (replacement None) or finished, claimed or
+        finished at or after `since` (older ones are over, or from a
+        process that died). The primary key is the guard every process shares.
+        """
+
+        async def claim(txn: Transaction) -> tuple[str, str | None] | None:
+            row = await txn.fetchone(
+                "SELECT user_id, started_ts, new_room_id, finished_ts FROM room_upgrades"
+                " WHERE room_id = ?",
+                (room_id,),
+            )
+            if row is not None:
+                upgrader, started, replacement, finished = row
+                if (started if replacement is None else finished) >= since:
+                    return upgrader, replacement
+                await txn.execute("DELETE FROM room_upgrades WHERE room_id = ?", (room_id,))
+            inserted = await txn.execute(
+                "INSERT INTO room_upgrades (room_id, user_id, started_ts) VALUES (?, ?, ?)"
+                " ON CONFLICT (room_id) DO NOTHING",
+                (room_id, user_id, now),
+            )
+            return None if inserted else ("", None)
+
+        return await self.db.run("claim_room_upgrade", claim)
+
+    async def end_room_upgrade(
+        self, room_id: str, user_id: str, claimed_at: int, replacement: str | None, now: int
+    ) -> None:
+        """Record the replacement room of the upgrade claimed at `claimed_at`, or
+        (None: it failed) drop the claim."""
+        where = "WHERE room_id = ? AND user_id = ? AND started_ts = ?"
+        if replacement is None:
+            await self.db.execute(
+                "drop_room_upgrade", f"DELETE FROM room_upgrades {where}", (room_id, user_id, claimed_at)
+            )
+            return
+        await self.db.execute(
+            "finish_room_upgrade",
+            f"UPDATE room_upgrades SET new_room_id = ?, finished_ts = ? {where}",
+            (replacement, now, room_id, user_id, claimed_at),
+        )
 
     @staticmethod
     async def lock_room_txn(txn: Transaction, dialect: str, room_id: str) -> None:
@@ -174,6 +228,10 @@ class EventStore:
     def invalidate_event(self, event_id: str) -> None:
         self._events.invalidate(event_id)
 
+    def uncache_room(self, room_id: str) -> None:
+        """Drop what is cached of a purged room (its version: it exists no more)."""
+        self._room_versions.invalidate(room_id)
+
     # ------------------------------------------------------------ the graph
 
     @staticmethod
@@ -244,7 +302,8 @@ class EventStore:
         relates_to_id = relation_type = thread_id = None
         if isinstance(relates, dict) and isinstance(relates.get("event_id"), str):
             rel = relates.get("rel_type")
-            if isinstance(rel, str):
+            # (An ID or type with a NUL in it names nothing; text columns cannot hold it.)
+            if isinstance(rel, str) and "\x00" not in rel + relates["event_id"]:
                 relates_to_id, relation_type = relates["event_id"], rel
                 if rel == "m.thread":
                     thread_id = relates_to_id
@@ -259,11 +318,14 @@ class EventStore:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 stream, event.event_id, event.room_id, event.type, event.state_key, event.sender,
-                event.depth, event.origin_server_ts, _dumps(event.pdu), event.rejected, txn_id,
+                event.depth, event.origin_server_ts, dump_json(event.pdu), event.rejected, txn_id,
                 device_id, state_group, relates_to_id, relation_type, thread_id, contains_url,
                 replaces_state,
             ),
         )
+        await self.search.index_events_txn(txn, [(event, stream)])
+        if thread_id is not None and not event.rejected:
+            await RelationStore.thread_reply_txn(txn, event.room_id, thread_id, event.sender, stream)
         event = dataclasses.replace(
             event,
             transaction=(device_id, txn_id) if txn_id is not None and device_id is not None else None,
@@ -278,6 +340,8 @@ class EventStore:
             "UPDATE events SET redacted_by = ? WHERE event_id = ? AND redacted_by IS NULL",
             (redaction_id, target_id),
         )
+        await self.search.unindex_event_txn(txn, target_id)
+        await RelationStore.reply_redacted_txn(txn, target_id)
         txn.call_after(lambda: self._events.invalidate(target_id))
 
     async def forget_room(self, user_id: str, room_id: str) -> None:
@@ -370,8 +434,8 @@ class EventStore:
                 (
                     event.room_id, event.state_key, event.membership, event.event_id,
                     stream_ordering,
-                    displayname if isinstance(displayname, str) else None,
-                    avatar_url if isinstance(avatar_url, str) else None,
+                    _column_text(displayname),
+                    _column_text(avatar_url),
                 ),
             )
 

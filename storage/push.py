@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .engines import Database, Transaction, batches, placeholders
+from .engines import Database, Transaction, batches, dump_json, placeholders
 from .streams import next_position_txn
 
 
@@ -42,9 +42,6 @@ _UNREAD = f"a.stream_ordering > {_mark('a.room_id', 'a.user_id', chr(39) * 2)} A
 class PushRuleNotFound(LookupError):
     """The rule (or the before/after rule) does not exist."""
 
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -205,8 +202,8 @@ class PushStore:
                 " conditions = excluded.conditions, pattern = excluded.pattern, actions = excluded.actions",
                 (
                     user_id, kind, rule_id, index,
-                    _dumps(list(conditions)) if conditions is not None else None,
-                    pattern, _dumps(list(actions)),
+                    dump_json(list(conditions)) if conditions is not None else None,
+                    pattern, dump_json(list(actions)),
                 ),
             )
             await txn.executemany(
@@ -241,7 +238,7 @@ class PushStore:
         """Set `enabled` or `actions` of a rule: a user rule must exist
         (PushRuleNotFound); a server-default rule (the caller checked it is one)
         gets an override row. Returns the account-data position."""
-        column, value = ("enabled", enabled) if enabled is not None else ("actions", _dumps(list(actions or ())))
+        column, value = ("enabled", enabled) if enabled is not None else ("actions", dump_json(list(actions or ())))
 
         async def txn_fn(txn: Transaction) -> int:
             position = await next_position_txn(txn, "account_data")
@@ -293,7 +290,7 @@ class PushStore:
                 (
                     a.user_id, positions[a.event_id], a.room_id, a.event_id, a.stream_ordering,
                     a.thread_id,
-                    encoded.get(id(a.actions)) or encoded.setdefault(id(a.actions), _dumps(list(a.actions))),
+                    encoded.get(id(a.actions)) or encoded.setdefault(id(a.actions), dump_json(list(a.actions))),
                     a.notif, a.highlight, a.received_ts,
                 )
                 for a in actions
@@ -425,6 +422,54 @@ class PushStore:
             for r, e, u, s, t, a, n, h, ts, p in rows
         ]
 
+    async def remove_push_actions(self, room_id: str, event_ids: Sequence[str]) -> None:
+        """Delete every recipient's actions for these events of the room (redacted ones)."""
+        rows = await self.db.fetchall(
+            "redacted_event_positions",
+            f"SELECT event_id, stream_ordering FROM events WHERE event_id IN ({placeholders(len(event_ids))})"
+            " AND room_id = ?",
+            (*event_ids, room_id),
+        )
+
+        async def txn_fn(txn: Transaction) -> None:
+            # Every recipient has a membership row in the room: with it, each
+            # user's actions are an index lookup.
+            await txn.executemany(
+                "DELETE FROM event_push_actions WHERE user_id IN"
+                " (SELECT user_id FROM room_memberships WHERE room_id = ?)"
+                " AND room_id = ? AND stream_ordering = ? AND event_id = ?",
+                [(room_id, room_id, stream, event_id) for event_id, stream in rows],
+            )
+
+        if rows:
+            await self.db.run("remove_push_actions", txn_fn)
+
+    async def prune_read_push_actions(self, received_before: int, batch: int = 1000) -> int:
+        """Delete actions received before `received_before` (ms) that their user
+        has read, walking the actions in the order stored, a batch at a time
+        (each one a short transaction), until the ones received later. Returns
+        how many were deleted."""
+        deleted, after = 0, 0
+        while True:
+            rows = await self.db.fetchall(
+                "push_actions_by_position",
+                "SELECT push_position, received_ts FROM event_push_actions"
+                " WHERE push_position > ? ORDER BY push_position LIMIT ?",
+                (after, batch),
+            )
+            if not rows:
+                return deleted
+            last = rows[-1][0]
+            deleted += await self.db.execute(
+                "prune_push_actions",
+                "DELETE FROM event_push_actions AS a WHERE a.push_position > ? AND a.push_position <= ?"
+                f" AND a.received_ts < ? AND NOT ({_UNREAD})",
+                (after, last, received_before),
+            )
+            if rows[-1][1] >= received_before:
+                return deleted
+            after = last
+
     # -------------------------------------------------------------- pushers
 
     async def get_pushers(self, user_ids: Sequence[str] | None = None) -> list[Pusher]:
@@ -474,7 +519,7 @@ class PushStore:
                 (
                     pusher.user_id, pusher.app_id, pusher.pushkey, pusher.kind,
                     pusher.app_display_name, pusher.device_display_name, pusher.profile_tag,
-                    pusher.lang, _dumps(pusher.data), pusher.device_id, pusher.pushkey_ts,
+                    pusher.lang, dump_json(pusher.data), pusher.device_id, pusher.pushkey_ts,
                     start or 0,
                 ),
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .engines import Database, Transaction
+from .engines import Database, Transaction, like_pattern
 from .events import EventStore
 
 _REPORT_COLUMNS = "id, received_ts, room_id, event_id, user_id, reason, score"
@@ -19,12 +19,6 @@ class EventReport:
     user_id: str  # who reported it
     reason: str | None
     score: int | None
-
-
-def _like_pattern(value: str) -> str:
-    """A LIKE pattern matching `value` anywhere, its wildcards taken literally."""
-    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 class ReportStore:
@@ -82,7 +76,7 @@ class ReportStore:
         for column, value in (("room_id", room_id), ("user_id", user_id)):
             if value:
                 clauses.append(f"{column} LIKE ? ESCAPE '\\'")
-                params.append(_like_pattern(value))
+                params.append(like_pattern(value))
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         order = "DESC" if newest_first else "ASC"
 

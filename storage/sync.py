@@ -10,31 +10,54 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from .cache import LRUCache
 from .engines import Database, Transaction, batches, is_unique_violation, placeholders
 from .history import EventMatch, TimelineRow, match_sql
 
 _ADD_FILTER_ATTEMPTS = 20
 
 
+# Stream ranges at most this long are cached (the incremental syncs of
+# clients keeping up); longer ones (a client back after a while) are not.
+CACHED_RANGE_SPAN = 1000
+
+
 class SyncStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._range_rooms: LRUCache[tuple[int, int], list[tuple[str, bool]]] = LRUCache("sync_range_rooms", 256)
+        self._recent: LRUCache[tuple, list[TimelineRow]] = LRUCache("sync_recent_events", 4096)
 
     async def rooms_with_events(
         self, room_ids: Sequence[str], from_stream: int, to_stream: int
     ) -> dict[str, bool]:
         """The rooms with events in (from_stream, to_stream], each with whether
-        any was a membership change: one range read of the stream."""
+        any was a membership change: one range read of the stream, shared
+        by the syncs that ask for the same short range."""
         wanted = set(room_ids)
         if not wanted or from_stream >= to_stream:
             return {}
-        rows = await self.db.fetchall(
-            "sync_rooms_with_events",
-            "SELECT room_id, MAX(CASE WHEN type = 'm.room.member' THEN 1 ELSE 0 END) FROM events"
-            " WHERE stream_ordering > ? AND stream_ordering <= ? GROUP BY room_id",
-            (from_stream, to_stream),
-        )
-        return {room_id: bool(members) for room_id, members in rows if room_id in wanted}
+
+        async def load() -> list[tuple[str, bool]]:
+            rows = await self.db.fetchall(
+                "sync_rooms_with_events",
+                "SELECT room_id, MAX(CASE WHEN type = 'm.room.member' THEN 1 ELSE 0 END) FROM events"
+                " WHERE stream_ordering > ? AND stream_ordering <= ? GROUP BY room_id",
+                (from_stream, to_stream),
+            )
+            return [(room_id, bool(members)) for room_id, members in rows]
+
+        rows = await self._cached_range(self._range_rooms, (from_stream, to_stream), load, to_stream - from_stream)
+        return {room_id: members for room_id, members in rows if room_id in wanted}
+
+    @staticmethod
+    async def _cached_range(cache: LRUCache, key: Any, load: Any, span: int) -> Any:
+        """`load()`, through `cache` when the stream range is short. A range
+        up to a position the notifier handed out is committed and complete,
+        so what is read of it never changes."""
+        if span > CACHED_RANGE_SPAN:
+            return await load()
+        return await cache.get_or_load(key, load)
 
     async def recent_events(
         self,
@@ -46,14 +69,19 @@ class SyncStore:
     ) -> list[TimelineRow]:
         """The newest (at most `limit`) matching events in (from_stream, to_stream], newest first."""
         sql, params = match_sql(self.db.dialect, match)
-        rows = await self.db.fetchall(
-            "sync_recent_events",
-            "SELECT event_id, topological_ordering, stream_ordering, state_group FROM events"
-            f" WHERE room_id = ? AND stream_ordering > ? AND stream_ordering <= ? AND NOT rejected{sql}"
-            " ORDER BY stream_ordering DESC LIMIT ?",
-            (room_id, from_stream, to_stream, *params, limit),
-        )
-        return [TimelineRow(r[0], (r[1], r[2]), r[3]) for r in rows]
+
+        async def load() -> list[TimelineRow]:
+            rows = await self.db.fetchall(
+                "sync_recent_events",
+                "SELECT event_id, topological_ordering, stream_ordering, state_group FROM events"
+                f" WHERE room_id = ? AND stream_ordering > ? AND stream_ordering <= ? AND NOT rejected{sql}"
+                " ORDER BY stream_ordering DESC LIMIT ?",
+                (room_id, from_stream, to_stream, *params, limit),
+            )
+            return [TimelineRow(r[0], (r[1], r[2]), r[3]) for r in rows]
+
+        key = (room_id, from_stream, to_stream, limit, match)
+        return list(await self._cached_range(self._recent, key, load, to_stream - from_stream))
 
     async def state_group_at_stream(self, room_id: str, stream: int) -> int | None:
         """The state group after the room's last event at or before `stream`."""

@@ -98,6 +98,7 @@ def make_config(tmp_path: Path, database: dict, **overrides: Any) -> Config:
         },
         "rc_registration": {"per_second": 1000, "burst_count": 1000},
         "rc_registration_token_validity": {"per_second": 1000, "burst_count": 1000},
+        "rc_key_requests": {"per_second": 1000, "burst_count": 1000},
     }
     raw.update(overrides)
     config, unknown = parse_config(raw, str(tmp_path))

@@ -284,3 +284,19 @@ async def test_deactivate_other_users_session(server):
     assert resp.status == 403 and resp.body["errcode"] == "M_FORBIDDEN"
     assert (await server.get(WHOAMI, token=alice["access_token"])).status == 200
     assert (await server.get(WHOAMI, token=bob["access_token"])).status == 200
+
+
+async def test_deactivated_users_leave_their_rooms(server):
+    alice = await server.register_user("alice")
+    bob = await server.register_user("bob")
+    v3 = "/_matrix/client/v3"
+    joined = (await server.post(f"{v3}/createRoom", {"preset": "public_chat"}, token=bob["access_token"])).body["room_id"]
+    invited = (await server.post(f"{v3}/createRoom", {}, token=bob["access_token"])).body["room_id"]
+    assert (await server.post(f"{v3}/join/{joined}", {}, token=alice["access_token"])).status == 200
+    resp = await server.post(f"{v3}/rooms/{invited}/invite", {"user_id": alice["user_id"]}, token=bob["access_token"])
+    assert resp.status == 200
+    resp = await with_uia(server, DEACTIVATE, {}, alice["access_token"])
+    assert resp.status == 200, resp.body
+    for room_id in (joined, invited):
+        state = await server.get(f"{v3}/rooms/{room_id}/state/m.room.member/{alice['user_id']}", token=bob["access_token"])
+        assert state.body["membership"] == "leave", (room_id, state.body)

@@ -304,3 +304,134 @@ def test_register_user_with_no_server(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{_free_port()}"
     result = cli(tmp_path, "register-user", "--url", url, "--shared-secret", "s", "-u", "a", "-p", "b", "--admin")
     _assert_clean_failure(result, "cannot reach the homeserver", url)
+
+
+# --------------------------------------------------------------------- users
+
+
+def _users_db(tmp_path: Path) -> Path:
+    """A config and a migrated SQLite database holding @admin (an admin) and
+    @alice, signed in on one device; returns the config's path."""
+    import asyncio
+
+    from homeserver.accounts.service import Accounts
+    from homeserver.accounts.uia import UserInteractiveAuth
+    from homeserver.app import database_for
+    from storage import Storage
+
+    out = tmp_path / "hs.yaml"
+    assert cli(tmp_path, "generate-config", "--server-name", "example.com", "-o", str(out)).returncode == 0
+    assert cli(tmp_path, "migrate", "-c", str(out)).returncode == 0
+    config = load_config(out)
+
+    async def _make() -> None:
+        db = database_for(config)
+        await db.open()
+        try:
+            storage = Storage(db)
+            accounts = Accounts(config, storage, UserInteractiveAuth(storage))
+            await accounts.register("admin", await accounts.hasher.hash("pw"), admin=True, inhibit_login=True)
+            await accounts.register("alice", await accounts.hasher.hash("old password"))
+        finally:
+            await db.close()
+
+    asyncio.run(_make())
+    return out
+
+
+def _db_rows(tmp_path: Path, sql: str, *params: Any) -> list[tuple]:
+    with sqlite3.connect(tmp_path / "homeserver.db") as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_users_commands(tmp_path: Path) -> None:
+    config = str(_users_db(tmp_path))
+    listed = cli(tmp_path, "users", "list", "-c", config)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["@admin:example.com", "admin"]
+    assert lines[1].split() == ["@alice:example.com"]
+    assert lines[-1] == "2 users"
+
+    made = cli(tmp_path, "users", "set-admin", "-c", config, "@alice:example.com", "true")
+    assert made.returncode == 0, made.stderr
+    assert "@alice:example.com is now an admin" in made.stdout
+    assert _db_rows(tmp_path, "SELECT admin FROM users WHERE user_id = ?", "@alice:example.com") == [(1,)]
+    # The operator may demote anyone, the last admin included.
+    unmade = cli(tmp_path, "users", "set-admin", "-c", config, "@admin:example.com", "false")
+    assert unmade.returncode == 0, unmade.stderr
+    assert _db_rows(tmp_path, "SELECT admin FROM users WHERE user_id = ?", "@admin:example.com") == [(0,)]
+
+    # Resetting the password signs alice out unless --keep-devices.
+    kept = cli(tmp_path, "users", "reset-password", "-c", config, "@alice:example.com",
+               "-p", "interim", "--keep-devices")
+    assert kept.returncode == 0, kept.stderr
+    assert _db_rows(tmp_path, "SELECT COUNT(*) FROM access_tokens") == [(1,)]
+    reset = cli(tmp_path, "users", "reset-password", "-c", config, "@alice:example.com", "-p", "new password")
+    assert reset.returncode == 0, reset.stderr
+    assert "signed out" in reset.stdout
+    assert _db_rows(tmp_path, "SELECT COUNT(*) FROM access_tokens") == [(0,)]
+    (stored,) = _db_rows(tmp_path, "SELECT password_hash FROM users WHERE user_id = ?", "@alice:example.com")
+    import bcrypt
+
+    assert bcrypt.checkpw(b"new password", stored[0].encode())
+    assert stored[0].startswith(f"$2b${load_config(Path(config)).bcrypt_rounds:02d}$")
+
+    gone = cli(tmp_path, "users", "deactivate", "-c", config, "@alice:example.com")
+    assert gone.returncode == 0, gone.stderr
+    assert "deactivated @alice:example.com" in gone.stdout
+    assert _db_rows(tmp_path, "SELECT deactivated, password_hash FROM users WHERE user_id = ?",
+                    "@alice:example.com") == [(1, None)]
+    listed = cli(tmp_path, "users", "list", "-c", config)
+    assert "@alice" not in listed.stdout and listed.stdout.splitlines()[-1] == "1 user"
+    listed = cli(tmp_path, "users", "list", "-c", config, "--deactivated", "--name", "ali")
+    assert listed.stdout.splitlines() == ["@alice:example.com  admin deactivated", "1 user"]
+
+
+def test_users_command_errors(tmp_path: Path) -> None:
+    config = str(_users_db(tmp_path))
+    _assert_clean_failure(
+        cli(tmp_path, "users", "deactivate", "-c", config, "@nobody:example.com"), "M_NOT_FOUND", "User not found"
+    )
+    _assert_clean_failure(
+        cli(tmp_path, "users", "set-admin", "-c", config, "@alice:elsewhere.org", "true"), "local users"
+    )
+    _assert_clean_failure(cli(tmp_path, "users", "deactivate", "-c", config, "alice"), "Invalid user ID")
+    # Without a terminal, no prompt hangs: the password must be given.
+    _assert_clean_failure(
+        cli(tmp_path, "users", "reset-password", "-c", config, "@alice:example.com"), "password"
+    )
+    _assert_clean_failure(
+        cli(tmp_path, "users", "reset-password", "-c", config, "@alice:example.com", "-p", "x" * 600),
+        "M_BAD_JSON", "longer than 512",
+    )
+    bad_flag = cli(tmp_path, "users", "set-admin", "-c", config, "@alice:example.com", "maybe")
+    assert bad_flag.returncode == 2 and "invalid choice" in bad_flag.stderr
+    _assert_clean_failure(cli(tmp_path, "users", "list", "-c", str(tmp_path / "missing.yaml")), "no config file")
+    assert _db_rows(tmp_path, "SELECT user_id, deactivated, admin FROM users ORDER BY user_id") == [
+        ("@admin:example.com", 0, 1), ("@alice:example.com", 0, 0),
+    ]
+
+
+def test_users_commands_need_a_migrated_database(tmp_path: Path) -> None:
+    out = tmp_path / "hs.yaml"
+    assert cli(tmp_path, "generate-config", "--server-name", "example.com", "-o", str(out)).returncode == 0
+    _assert_clean_failure(cli(tmp_path, "users", "list", "-c", str(out)), "homeserver migrate")
+
+
+def test_users_commands_on_either_engine(tmp_path: Path, database_config: dict) -> None:
+    """The commands open the database the config names, PostgreSQL as well as SQLite."""
+    out = tmp_path / "hs.yaml"
+    out.write_text(yaml.safe_dump({
+        "server_name": "example.com",
+        "database": database_config,
+        "signing_key_path": str(tmp_path / "signing.key"),
+        "bcrypt_rounds": 4,
+    }))
+    assert cli(tmp_path, "migrate", "-c", str(out)).returncode == 0
+    listed = cli(tmp_path, "users", "list", "-c", str(out))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == "0 users\n"
+    _assert_clean_failure(
+        cli(tmp_path, "users", "set-admin", "-c", str(out), "@nobody:example.com", "true"), "M_NOT_FOUND"
+    )

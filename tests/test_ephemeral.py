@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
+from homeserver.api import ephemeral as ephemeral_api
 from homeserver.ephemeral import presence as presence_module
 from homeserver.sync.notifier import Waiter
 
@@ -688,3 +689,110 @@ async def test_typing_is_shared_by_processes_on_one_database(server: TestServer)
         }
     finally:
         await stop_server(other)
+
+
+# ------------------------------------------------------- rate limits
+
+
+async def until_limited(send: Any, most: int = 100) -> tuple[int, Response]:
+    """How many sends succeed before the first refusal, and that refusal."""
+    for done in range(most):
+        resp = await send()
+        if resp.status != 200:
+            return done, resp
+    raise AssertionError(f"{most} requests in a row were all accepted")
+
+
+async def test_typing_and_receipts_are_rate_limited_per_user(server: TestServer) -> None:
+    room = await setup_room(server)
+    event_id = await room.send("bob")
+    burst = int(ephemeral_api.EPHEMERAL_RATE.burst_count)
+
+    accepted, refused = await until_limited(lambda: typing(room, "alice", {"typing": True, "timeout": 1000}))
+    assert accepted >= burst
+    assert_error(refused, 429, "M_LIMIT_EXCEEDED")
+    assert 0 < refused.body["retry_after_ms"] <= 1000
+    # Per user, and per kind: bob may type, alice may still send receipts.
+    assert (await typing(room, "bob", {"typing": True, "timeout": 1000})).status == 200
+    assert (await receipt(room, "alice", "m.read", event_id)).status == 200
+
+    # Receipts and read markers share their own bucket.
+    accepted, refused = await until_limited(lambda: receipt(room, "bob", "m.read", event_id))
+    assert accepted >= burst
+    assert_error(refused, 429, "M_LIMIT_EXCEEDED")
+    markers = await server.post(
+        f"{V3}/rooms/{q(room.id)}/read_markers", {"m.read": event_id}, token=room.tokens["bob"]
+    )
+    assert_error(markers, 429, "M_LIMIT_EXCEEDED")
+    # The bucket refills.
+    await asyncio.sleep(refused.body["retry_after_ms"] / 1000 + 0.05)
+    assert (await receipt(room, "bob", "m.read", event_id)).status == 200
+
+
+# ------------------------------------------------- activity sets presence
+
+
+async def test_sending_and_receipts_bring_a_user_online(server: TestServer) -> None:
+    room = await setup_room(server)
+    token = room.tokens["alice"]
+    event_id = await room.send("bob")
+    for state, act in (
+        ("offline", lambda: room.send("alice")),
+        ("unavailable", lambda: room.send("alice")),
+        ("offline", lambda: receipt(room, "alice", "m.read", event_id)),
+        (
+            "unavailable",
+            lambda: server.post(f"{V3}/rooms/{q(room.id)}/read_markers", {"m.fully_read": event_id}, token=token),
+        ),
+    ):
+        assert (await presence_put(server, token, ALICE, {"presence": state, "status_msg": "away"})).status == 200
+        # Long ago, as far as the database knows.
+        await server.hs.db.execute("test", "UPDATE presence SET last_active_ts = 1000 WHERE user_id = ?", (ALICE,))
+        before = position(server, "presence")
+        result = await act()
+        assert getattr(result, "status", 200) == 200, result  # (room.send checks its own)
+        body = (await presence_get(server, room.tokens["bob"], ALICE)).body
+        assert body["presence"] == "online" and body["currently_active"] is True, (state, body)
+        assert 0 <= body["last_active_ago"] < 10_000
+        assert body["status_msg"] == "away"  # kept
+        assert position(server, "presence") > before
+
+
+async def test_activity_of_an_online_user_costs_no_query(server: TestServer) -> None:
+    room = await setup_room(server)
+    hs = server.hs
+    event_id = await room.send("alice")  # alice is online, and this process knows it
+    calls = 0
+    real = hs.presence.store.update
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await real(*args, **kwargs)
+
+    hs.presence.store.update = counting  # type: ignore[method-assign]
+    try:
+        before = position(server, "presence")
+        await room.send("alice")
+        assert (await receipt(room, "alice", "m.read", event_id)).status == 200
+        assert calls == 0 and position(server, "presence") == before
+        # Bob was never seen: his first message is one write.
+        await room.send("bob")
+        assert calls == 1
+    finally:
+        del hs.presence.store.update
+
+
+async def test_creating_rooms_and_joining_are_not_activity(server: TestServer) -> None:
+    room = await setup_room(server)  # alice created it, bob joined it
+    assert position(server, "presence") == 0
+    assert (await presence_get(server, room.tokens["bob"], ALICE)).body == {"presence": "offline"}
+
+
+@with_config(presence={"enabled": False})
+async def test_activity_with_presence_disabled(server: TestServer) -> None:
+    room = await setup_room(server)
+    event_id = await room.send("alice")
+    assert (await receipt(room, "alice", "m.read", event_id)).status == 200
+    assert position(server, "presence") == 0
+    assert (await presence_get(server, room.tokens["bob"], ALICE)).body == {"presence": "offline"}

@@ -226,6 +226,25 @@ async def test_an_invite_wakes_the_invitee_on_the_other_server(pair: tuple[HomeS
         b.notifier.unregister(waiter)
 
 
+async def test_a_claim_on_one_server_refreshes_the_key_counts_of_the_other(
+    pair: tuple[HomeServer, HomeServer],
+) -> None:
+    a, b = pair
+    alice = "@alice:test.local"
+    await a.accounts.register("alice", None, inhibit_login=True)
+    await a.storage.db.execute(
+        "device", "INSERT INTO devices (user_id, device_id, created_ts) VALUES (?, 'D', 0)", (alice,)
+    )
+    await a.e2ee_keys.upload(alice, "D", {"one_time_keys": {"signed_curve25519:A": "a2V5", "signed_curve25519:B": "a2V5"}})
+    assert await b.e2ee_keys.key_counts(alice, "D") == ({"signed_curve25519": 2}, [])  # now cached on B
+    await a.e2ee_keys.claim({alice: {"D": "signed_curve25519"}})
+    for _ in range(100):
+        if await b.e2ee_keys.key_counts(alice, "D") == ({"signed_curve25519": 1}, []):
+            break
+        await asyncio.sleep(0.01)
+    assert await b.e2ee_keys.key_counts(alice, "D") == ({"signed_curve25519": 1}, [])
+
+
 async def test_oversized_and_split_changes_reach_the_other_server(
     pair: tuple[HomeServer, HomeServer],
 ) -> None:
@@ -458,7 +477,13 @@ async def test_two_run_processes_wake_each_others_syncs(processes: tuple[RunProc
         for i in range(SENDS):
             poll = asyncio.create_task(bob_two.sync(since, timeout_ms=30000))
             await asyncio.sleep(0.3 if i == 0 else 0.02)  # let it park on the notifier
-            assert not poll.done()
+            while poll.done():
+                # Woken by something else than a message (alice's presence
+                # goes online after her first message): park again.
+                assert _bodies(poll.result(), room_id) == []
+                since = poll.result()["next_batch"]
+                poll = asyncio.create_task(bob_two.sync(since, timeout_ms=30000))
+                await asyncio.sleep(0.02)
             await alice.send(room_id, f"m{i}")
             sent = time.perf_counter()
             result = await asyncio.wait_for(poll, 1)
@@ -506,3 +531,25 @@ async def test_two_run_processes_wake_each_others_syncs(processes: tuple[RunProc
         assert await _metric(alice, 'homeserver_pg_notifications_total{direction="sent"}') > 0
         assert await _metric(bob_two, 'homeserver_pg_notifications_total{direction="received"}') > 0
 
+
+
+async def test_an_invite_on_one_process_reaches_a_sync_on_the_other(processes: tuple[RunProcess, RunProcess]) -> None:
+    """Process two caches bob's rooms between his syncs; a membership change
+    made on process one drops that cache there too."""
+    one, two = processes
+    async with aiohttp.ClientSession() as http:
+        anonymous = Client(http, one)
+        alice = await anonymous.register("alice")
+        bob = await anonymous.register("bob")
+        bob_two = bob.on(two)
+        since = (await bob_two.sync())["next_batch"]
+        since = (await bob_two.sync(since))["next_batch"]  # (rows cached by now)
+        room_id = (await alice.ok("POST", "/_matrix/client/v3/createRoom", {}))["room_id"]
+        await alice.ok("POST", f"/_matrix/client/v3/rooms/{room_id}/invite", {"user_id": "@bob:test.local"})
+        deadline = time.monotonic() + 5
+        invited = False
+        while not invited and time.monotonic() < deadline:
+            body = await bob_two.sync(since, timeout_ms=1000)
+            invited = room_id in body.get("rooms", {}).get("invite", {})
+            since = body["next_batch"]
+        assert invited

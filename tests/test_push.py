@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from homeserver.events.model import ROOM_VERSIONS, Event
 from homeserver.push.evaluator import (
@@ -32,6 +33,8 @@ from homeserver.push.rules import (
     merge_rules,
 )
 from homeserver.rooms.power_levels import PowerLevels
+
+from .conftest import with_config
 
 if TYPE_CHECKING:
     from .conftest import Response, TestServer
@@ -622,6 +625,13 @@ def pusher_body(url: str, pushkey: str = "key-1", **extra: Any) -> dict[str, Any
 
 
 GATEWAY = "https://push.example.org/_matrix/push/v1/notify"
+LOCAL_GATEWAYS = {"ip_range_whitelist": ["127.0.0.1/32"]}
+
+
+@pytest.fixture
+def config_overrides() -> dict[str, Any]:
+    """The push gateways of these tests listen on 127.0.0.1, which must be let through."""
+    return LOCAL_GATEWAYS
 
 
 async def test_pushers_set_list_update_delete(server: TestServer) -> None:
@@ -701,6 +711,8 @@ class Gateway:
     url: str
     received: list[dict[str, Any]] = field(default_factory=list)
     responses: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    # Sent with redirects.
+    headers: dict[str, str] = field(default_factory=dict)
 
     async def wait_for(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         await until(lambda: len(self.received) >= n, timeout)
@@ -721,7 +733,7 @@ async def gateway() -> AsyncIterator[Gateway]:
     async def notify(request: web.Request) -> web.Response:
         state.received.append(await request.json())
         status, body = state.responses.pop(0) if state.responses else (200, {"rejected": []})
-        return web.json_response(body, status=status)
+        return web.json_response(body, status=status, headers=state.headers if 300 <= status < 400 else None)
 
     app = web.Application()
     app.router.add_post("/_matrix/push/v1/notify", notify)
@@ -894,7 +906,8 @@ async def two_servers(tmp_path: Any, postgres_dsn: str | None) -> AsyncIterator[
     from .conftest import _require_postgres, make_config
 
     schema = postgres.Schema(_require_postgres(postgres_dsn))
-    servers = [HomeServer(make_config(tmp_path, {"name": "psycopg", "args": schema.database_args()})) for _ in range(2)]
+    database = {"name": "psycopg", "args": schema.database_args()}
+    servers = [HomeServer(make_config(tmp_path, database, **LOCAL_GATEWAYS)) for _ in range(2)]
     started = []
     try:
         for hs in servers:
@@ -944,3 +957,201 @@ async def test_one_process_pushes_and_rule_changes_reach_the_others(two_servers:
     third = await owner.rooms.send_event(alice, room_id, "m.room.message", {**message, "m.mentions": {"user_ids": [bob]}})
     received = await gateway.wait_for(2)
     assert received[1]["notification"]["event_id"] == third
+
+
+# ============================================= gateway addresses (SSRF)
+
+
+@with_config()  # no ip_range_whitelist: 127.0.0.1 is as private as any
+async def test_pusher_urls_at_non_public_addresses_are_refused(server: TestServer) -> None:
+    token = (await server.register_user("alice"))["access_token"]
+    for host in (
+        "127.0.0.1", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:10.1.2.3]", "10.1.2.3", "192.168.1.1",
+        "172.16.0.1", "100.64.0.1", "169.254.169.254", "0.0.0.0", "224.0.0.1", "[fe80::1]", "[fd00::1]",
+    ):
+        url = f"http://{host}:8080/_matrix/push/v1/notify"
+        resp = await server.post(f"{V3}/pushers/set", pusher_body(url), token=token)
+        assert error(resp) == (400, "M_INVALID_PARAM"), (url, resp.body)
+    assert (await server.get(f"{V3}/pushers", token=token)).body == {"pushers": []}
+
+
+@with_config(ip_range_blacklist=["203.0.113.0/24", "8.8.8.0/24"])
+async def test_pusher_urls_in_the_blacklist_are_refused(server: TestServer) -> None:
+    token = (await server.register_user("alice"))["access_token"]
+    for host in ("8.8.8.8", "[::ffff:8.8.8.8]"):
+        resp = await server.post(f"{V3}/pushers/set", pusher_body(f"https://{host}/_matrix/push/v1/notify"), token=token)
+        assert error(resp) == (400, "M_INVALID_PARAM"), (host, resp.body)
+    resp = await server.post(f"{V3}/pushers/set", pusher_body("https://8.8.4.4/_matrix/push/v1/notify"), token=token)
+    assert resp.status == 200, resp.body
+
+
+async def pushed_up_to(server: TestServer, user_id: str) -> int:
+    (pusher,) = await server.hs.storage.push.get_pushers([user_id])
+    return pusher.last_push_position
+
+
+@with_config()
+async def test_pusher_never_connects_to_a_host_name_resolving_to_a_private_address(
+    server: TestServer, gateway: Gateway
+) -> None:
+    """`localhost` passes POST /pushers/set (names are checked as they are
+    resolved), but its addresses are refused when pushing: the notification
+    is skipped, not retried."""
+    room_id, (alice, bob) = await room_with(server, "alice", "bob")
+    port = URL(gateway.url).port
+    url = f"http://localhost:{port}/_matrix/push/v1/notify"
+    assert (await server.post(f"{V3}/pushers/set", pusher_body(url), token=bob["access_token"])).status == 200
+    before = await pushed_up_to(server, bob["user_id"])
+    await send(server, alice["access_token"], room_id, "psst")
+    for _ in range(500):
+        if await pushed_up_to(server, bob["user_id"]) > before:
+            break
+        await asyncio.sleep(0.02)
+    assert await pushed_up_to(server, bob["user_id"]) > before  # skipped
+    assert gateway.received == []
+
+
+async def test_pusher_does_not_follow_redirects(server: TestServer, gateway: Gateway) -> None:
+    """A gateway redirecting elsewhere (say, to a private address it cannot be
+    set to) gets its notification retried, never sent where it points."""
+    server.hs.push.pushers.initial_backoff = 0.05
+    elsewhere: list[str] = []
+
+    async def notify(request: web.Request) -> web.Response:
+        elsewhere.append(request.path)
+        return web.json_response({"rejected": []})
+
+    app = web.Application()
+    app.router.add_post("/_matrix/push/v1/notify", notify)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        target = f"http://{host}:{port}/_matrix/push/v1/notify"
+        gateway.responses = [(307, {}), (200, {"rejected": []})]
+        gateway.headers = {"Location": target}
+        room_id, (alice, bob) = await room_with(server, "alice", "bob")
+        assert (await server.post(f"{V3}/pushers/set", pusher_body(gateway.url), token=bob["access_token"])).status == 200
+        event_id = await send(server, alice["access_token"], room_id, "where to?")
+        received = await gateway.wait_for(2)
+        assert [r["notification"]["event_id"] for r in received] == [event_id, event_id]
+        assert elsewhere == []
+    finally:
+        await runner.cleanup()
+
+
+# ================================================= recipients at the event
+
+
+async def test_evaluation_uses_the_members_at_the_event(server: TestServer) -> None:
+    """An event evaluated after the members changed (a process catching up,
+    say) is judged by the room as it was: those who joined later are not
+    recipients, those who left since are, and the member count is then's."""
+    room_id, (alice, bob, dave) = await room_with(server, "alice", "bob", "dave")
+    event_id = await send(server, alice["access_token"], room_id, "three of us")
+    for user in (bob, dave):
+        assert (await server.post(f"{V3}/rooms/{q(room_id)}/leave", {}, token=user["access_token"])).status == 200
+    carol = await server.register_user("carol")
+    assert (await server.post(f"{V3}/join/{q(room_id)}", {}, token=carol["access_token"])).status == 200
+
+    push = server.hs.push
+    event = await server.hs.storage.events.get_event(event_id)
+    assert event is not None
+    (position, _group), = (await server.hs.storage.events.get_positions([event_id])).values()
+    actions = await push._evaluate_room(room_id, [event], {event_id: position.stream_ordering})
+    assert sorted(a.user_id for a in actions) == sorted([bob["user_id"], dave["user_id"]])
+    # Three members then: a group message, not a one-to-one one (which has a sound).
+    assert all(list(a.actions) == ["notify"] for a in actions)
+    # Now, as it is: a one-to-one room where only Carol hears Alice.
+    latest = await send(server, alice["access_token"], room_id, "two of us")
+    assert await counts(server, carol, room_id) == count(1)
+    notes = (await server.get(f"{V3}/notifications", token=carol["access_token"])).body["notifications"]
+    assert [(n["event"]["event_id"], n["actions"]) for n in notes] == [(latest, ["notify", SOUND_DEFAULT])]
+
+
+# ======================================================== housekeeping
+
+
+async def test_redacted_events_stop_counting(server: TestServer) -> None:
+    room_id, (alice, bob) = await room_with(server, "alice", "bob")
+    kept = await send(server, alice["access_token"], room_id, "keep me")
+    mention = await send(server, alice["access_token"], room_id, "oops", **{"m.mentions": {"user_ids": [bob["user_id"]]}})
+    assert await counts(server, bob, room_id) == count(2, 1)
+    resp = await server.put(
+        f"{V3}/rooms/{q(room_id)}/redact/{q(mention)}/r{next(_txn_ids)}", {"reason": "typo"}, token=alice["access_token"]
+    )
+    assert resp.status == 200, resp.body
+    assert await counts(server, bob, room_id) == count(1)
+    notes = (await server.get(f"{V3}/notifications", token=bob["access_token"])).body["notifications"]
+    assert [n["event"]["event_id"] for n in notes] == [kept]
+
+
+async def stored_actions(server: TestServer, user_id: str) -> list[str]:
+    rows = await server.hs.db.fetchall(
+        "test_actions", "SELECT event_id FROM event_push_actions WHERE user_id = ? ORDER BY push_position", (user_id,)
+    )
+    return [r[0] for r in rows]
+
+
+async def test_old_read_push_actions_are_pruned(server: TestServer) -> None:
+    room_id, (alice, bob, carol) = await room_with(server, "alice", "bob", "carol")
+    first = await send(server, alice["access_token"], room_id, "first")
+    read = await send(server, alice["access_token"], room_id, "second")
+    await receipt(server, bob, room_id, read)
+    unread = await send(server, alice["access_token"], room_id, "third")
+    push = server.hs.push
+    # Recent ones stay, read or not.
+    assert await push.prune_push_actions() == 0
+    assert await stored_actions(server, bob["user_id"]) == [first, read, unread]
+
+    push.keep_read_actions_ms = 0
+    await asyncio.sleep(0.01)
+    assert await push.prune_push_actions() == 2
+    assert await stored_actions(server, bob["user_id"]) == [unread]
+    # Carol read nothing: hers all stay, and still count.
+    assert await stored_actions(server, carol["user_id"]) == [first, read, unread]
+    assert await counts(server, carol, room_id) == count(3)
+    assert await counts(server, bob, room_id) == count(1)
+    # A thread's receipt covers that thread only.
+    root = await send(server, alice["access_token"], room_id, "root")
+    reply = await send(
+        server, alice["access_token"], room_id, "in thread", **{"m.relates_to": {"rel_type": "m.thread", "event_id": root}}
+    )
+    await receipt(server, carol, room_id, reply, thread_id=root)
+    await asyncio.sleep(0.01)
+    assert await push.prune_push_actions() == 1
+    assert reply not in await stored_actions(server, carol["user_id"])
+    assert root in await stored_actions(server, carol["user_id"])
+
+
+async def test_pruning_runs_in_the_background(server: TestServer) -> None:
+    room_id, (alice, bob) = await room_with(server, "alice", "bob")
+    read = await send(server, alice["access_token"], room_id, "read")
+    await receipt(server, bob, room_id, read)
+    push = server.hs.push
+    await push.stop()
+    push.prune_interval = 0.05
+    push.keep_read_actions_ms = 0
+    await push.start()
+    for _ in range(250):
+        if not await stored_actions(server, bob["user_id"]):
+            break
+        await asyncio.sleep(0.02)
+    assert await stored_actions(server, bob["user_id"]) == []
+
+
+@pytest.mark.parametrize(
+    "raw_config, message",
+    [
+        ({"ip_range_blacklist": ["10.0.0.0/33"]}, "ip_range_blacklist[0]: expected an IP address range"),
+        ({"ip_range_whitelist": ["127.0.0.1", "localhost"]}, "ip_range_whitelist[1]: expected an IP address range"),
+    ],
+)
+def test_gateway_address_config_errors_name_the_key(raw_config: dict[str, Any], message: str) -> None:
+    from homeserver.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config({"server_name": "example.com", **raw_config})
+    assert message in str(info.value)

@@ -10,6 +10,8 @@ import itertools
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from storage.migrations import SCHEMA_DIR
+
 if TYPE_CHECKING:
     from .conftest import Response, TestServer
 
@@ -491,3 +493,211 @@ async def test_bundles_for_a_batch_cost_a_fixed_number_of_queries(server: TestSe
     finally:
         for name, real in wrapped.items():
             setattr(hs.db, name, real)
+
+
+# ------------------------------------------------- refusing bad relations
+
+
+async def annotate(
+    server: TestServer,
+    token: str,
+    room_id: str,
+    parent: str,
+    key: Any,
+    *,
+    event_type: str = "m.reaction",
+    txn_id: str | None = None,
+) -> Response:
+    return await server.put(
+        f"{V3}/rooms/{q(room_id)}/send/{q(event_type)}/{txn_id or f't{next(_txn_ids)}'}",
+        {"m.relates_to": {"rel_type": "m.annotation", "event_id": parent, "key": key}},
+        token=token,
+    )
+
+
+async def test_a_second_identical_annotation_is_refused(server: TestServer) -> None:
+    room_id, (alice, bob) = await room_with(server, "alice", "bob")
+    parent = await send(server, alice, room_id, "react to me")
+    first = await annotate(server, alice, room_id, parent, "👍", txn_id="react-1")
+    assert first.status == 200, first.body
+
+    assert_error(await annotate(server, alice, room_id, parent, "👍"), 400, "M_DUPLICATE_ANNOTATION")
+    # Retrying the same transaction is not a second annotation: the first comes back.
+    again = await annotate(server, alice, room_id, parent, "👍", txn_id="react-1")
+    assert (again.status, again.body) == (200, first.body)
+    # Another key, another event type, another sender: all distinct annotations.
+    for token, key, event_type in (
+        (alice, "🎉", "m.reaction"),
+        (alice, "👍", "org.example.vote"),
+        (bob, "👍", "m.reaction"),
+    ):
+        resp = await annotate(server, token, room_id, parent, key, event_type=event_type)
+        assert resp.status == 200, resp.body
+    bobs = resp.body["event_id"]
+    # Once redacted, the first no longer counts.
+    await redact(server, alice, room_id, first.body["event_id"])
+    resent = await annotate(server, alice, room_id, parent, "👍")
+    assert resent.status == 200, resent.body
+    reactions = ids(await relations(server, alice, room_id, parent, "m.annotation", "m.reaction"))
+    assert reactions[:2] == [resent.body["event_id"], bobs]
+    assert first.body["event_id"] not in reactions
+
+
+async def test_concurrent_identical_annotations_make_one(server: TestServer) -> None:
+    room_id, (alice,) = await room_with(server, "alice")
+    parent = await send(server, alice, room_id, "react to me")
+    results = await asyncio.gather(*(annotate(server, alice, room_id, parent, "🔥") for _ in range(4)))
+    assert sorted(r.status for r in results) == [200, 400, 400, 400], [r.body for r in results]
+    assert {r.body.get("errcode") for r in results if r.status == 400} == {"M_DUPLICATE_ANNOTATION"}
+    assert len(ids(await relations(server, alice, room_id, parent, "m.annotation"))) == 1
+
+
+async def test_annotations_need_a_key(server: TestServer) -> None:
+    room_id, (alice,) = await room_with(server, "alice")
+    parent = await send(server, alice, room_id, "react to me")
+    for key in (None, 5, ["👍"]):
+        assert_error(await annotate(server, alice, room_id, parent, key), 400, "M_INVALID_PARAM")
+    assert ids(await relations(server, alice, room_id, parent)) == []
+
+
+async def test_a_thread_cannot_start_from_an_event_with_a_relation(server: TestServer) -> None:
+    room_id, (alice,) = await room_with(server, "alice")
+    root = await send(server, alice, room_id, "root")
+    in_thread = await reply(server, alice, room_id, root)
+    reaction = await annotate(server, alice, room_id, root, "👍")
+    edited = await edit(server, alice, room_id, root, "root, edited")
+    for parent in (in_thread, reaction.body["event_id"], edited):
+        resp = await server.put(
+            f"{V3}/rooms/{q(room_id)}/send/m.room.message/t{next(_txn_ids)}",
+            {"msgtype": "m.text", "body": "re", "m.relates_to": {"rel_type": "m.thread", "event_id": parent}},
+            token=alice,
+        )
+        assert_error(resp, 400, "M_UNKNOWN")
+        # Other relations to those events are fine.
+        await send(server, alice, room_id, "ref", relates_to={"rel_type": "m.reference", "event_id": parent})
+    # A rich reply is not a relation (no rel_type), so a thread may grow from it, as in Synapse.
+    rich = await send(server, alice, room_id, "reply", relates_to={"m.in_reply_to": {"event_id": root}})
+    await reply(server, alice, room_id, rich)
+    # Redaction strips the relation: the redacted edit may start a thread.
+    await redact(server, alice, room_id, edited)
+    await reply(server, alice, room_id, edited)
+    assert ids(await threads(server, alice, room_id)) == [edited, rich, root]
+
+
+async def test_relations_must_stay_in_their_room(server: TestServer) -> None:
+    room_id, (alice,) = await room_with(server, "alice")
+    other_room, _ = await room_with(server, "bob")
+    await join(server, alice, other_room)
+    elsewhere = await send(server, alice, other_room, "in the other room")
+    for rel_type, extra in (("m.annotation", {"key": "👍"}), ("m.thread", {}), ("m.reference", {})):
+        resp = await server.put(
+            f"{V3}/rooms/{q(room_id)}/send/m.room.message/t{next(_txn_ids)}",
+            {"msgtype": "m.text", "body": "x",
+             "m.relates_to": {"rel_type": rel_type, "event_id": elsewhere, **extra}},
+            token=alice,
+        )
+        assert_error(resp, 400, "M_UNKNOWN")
+    assert ids(await relations(server, alice, other_room, elsewhere)) == []
+    assert ids(await threads(server, alice, room_id)) == []
+
+
+# ------------------------------------------------------ thread summaries
+
+
+async def thread_rows(server: TestServer, room_id: str) -> list[tuple[Any, ...]]:
+    rows = await server.hs.db.fetchall(
+        "test",
+        "SELECT t.thread_id, t.reply_count, p.user_id FROM threads t"
+        " JOIN thread_participants p ON p.thread_id = t.thread_id"
+        " WHERE t.room_id = ? ORDER BY t.thread_id, p.user_id",
+        (room_id,),
+    )
+    return [tuple(row) for row in rows]
+
+
+async def test_thread_summaries_follow_replies_and_redactions(server: TestServer) -> None:
+    room_id, (alice, bob, carol) = await room_with(server, "alice", "bob", "carol")
+    root = await send(server, alice, room_id, "root")
+    other = await send(server, alice, room_id, "other")
+    bob_reply = await reply(server, bob, room_id, root)
+    carol_reply = await reply(server, carol, room_id, root)
+    await reply(server, alice, room_id, other)
+    assert await thread_rows(server, room_id) == sorted(
+        [(root, 2, "@alice:test.local"), (root, 2, BOB), (root, 2, "@carol:test.local"),
+         (other, 1, "@alice:test.local")]
+    )
+    assert ids(await threads(server, alice, room_id)) == [other, root]
+
+    # Bob's only reply redacted: he no longer took part, and the count drops.
+    await redact(server, bob, room_id, bob_reply)
+    assert ids(await threads(server, bob, room_id, include="participated")) == []
+    assert ids(await threads(server, carol, room_id, include="participated")) == [root]
+    thread = bundle(await get_event(server, bob, room_id, root))["m.thread"]
+    assert (thread["count"], thread["current_user_participated"]) == (1, False)
+    # Latest activity is the latest live reply: redacting the newest moves the thread down.
+    await reply(server, carol, room_id, root, "newest")
+    assert ids(await threads(server, alice, room_id)) == [root, other]
+    newest = ids(await relations(server, alice, room_id, root, limit=1))[0]
+    await redact(server, carol, room_id, newest)
+    assert ids(await threads(server, alice, room_id)) == [other, root]
+    # Every reply gone: no thread, no bundle.
+    await redact(server, carol, room_id, carol_reply)
+    assert ids(await threads(server, alice, room_id)) == [other]
+    assert "m.thread" not in bundle(await get_event(server, alice, room_id, root))
+    assert [row[0] for row in await thread_rows(server, room_id)] == [other]
+    # The thread comes back with a new reply, its root's sender taking part again.
+    await reply(server, bob, room_id, root)
+    assert ids(await threads(server, alice, room_id, include="participated")) == [root, other]
+
+
+async def test_threads_list_reads_the_summary_index(server: TestServer) -> None:
+    """GET /threads walks threads_room_latest, never the room's replies."""
+    room_id, (alice,) = await room_with(server, "alice")
+    root = await send(server, alice, room_id, "root")
+    await reply(server, alice, room_id, root)
+    db = server.hs.db
+    sql = (
+        "SELECT t.thread_id, t.latest_stream_ordering FROM threads t"
+        " JOIN events r ON r.event_id = t.thread_id"
+        " WHERE t.room_id = ? AND (r.relation_type IS NULL OR r.redacted_by IS NOT NULL)"
+        " ORDER BY t.latest_stream_ordering DESC LIMIT ?"
+    )
+    if db.dialect == "sqlite":
+        plan = " ".join(str(row[-1]) for row in await db.fetchall("test", f"EXPLAIN QUERY PLAN {sql}", (room_id, 5)))
+        assert "threads_room_latest" in plan and "TEMP B-TREE" not in plan, plan
+    else:
+
+        async def explain(txn: Any) -> list[Any]:
+            # The tables are tiny: ask whether an index CAN give this order.
+            for method in ("seqscan", "bitmapscan", "sort"):
+                await txn.execute(f"SET LOCAL enable_{method} = off")
+            return await txn.fetchall(f"EXPLAIN {sql}", (room_id, 5))
+
+        plan = " ".join(str(row[0]) for row in await db.run("test", explain))
+        assert "threads_room_latest" in plan and "Sort" not in plan, plan
+
+
+async def test_the_migration_summarises_threads_already_there(server: TestServer) -> None:
+    """0016's backfill gives the rows the writes keep up, for threads written before it."""
+    room_id, (alice, bob) = await room_with(server, "alice", "bob")
+    root = await send(server, alice, room_id, "root")
+    other = await send(server, bob, room_id, "other")
+    await reply(server, bob, room_id, root)
+    gone = await reply(server, alice, room_id, other)
+    await reply(server, bob, room_id, other)
+    await redact(server, alice, room_id, gone)
+    db = server.hs.db
+    summary = "SELECT thread_id, room_id, latest_stream_ordering, reply_count FROM threads ORDER BY thread_id"
+    participants = "SELECT thread_id, user_id, room_id FROM thread_participants ORDER BY thread_id, user_id"
+    kept = (await db.fetchall("test", summary), await db.fetchall("test", participants))
+    assert len(kept[0]) == 2 and len(kept[1]) == 3
+
+    await db.execute("test", "DELETE FROM thread_participants")
+    await db.execute("test", "DELETE FROM threads")
+    migration = (SCHEMA_DIR / "0016_threads.sql").read_text()
+    statements = [s.strip() for s in migration.split(";")]
+    backfill = [s for s in statements if "INSERT INTO thread" in s]
+    assert len(backfill) == 2
+    for statement in backfill:
+        await db.execute("test", "\n".join(l for l in statement.splitlines() if not l.startswith("--")))
+    assert (await db.fetchall("test", summary), await db.fetchall("test", participants)) == kept

@@ -749,3 +749,34 @@ async def test_transaction_ids_are_scoped_by_event_type(server):
     assert (await redact(server, alice, room_id, first, "t1")).body == redaction.body
     # Redacting another event under a used ID would report a redaction that never happened.
     assert_error(await redact(server, alice, room_id, second, "t1"), 400, "M_INVALID_PARAM")
+
+
+async def test_nul_in_event_content_is_kept_and_never_a_server_error(server):
+    """Content may hold NUL (JSON escapes it); the columns extracted from it
+    (search text, member names, relations) cannot, on PostgreSQL."""
+    alice = await server.register_user("alice")
+    t = alice["access_token"]
+    room = (await server.post(f"{V3}/createRoom", {"preset": "public_chat"}, token=t)).body["room_id"]
+    q = quote(room, safe="")
+    sends = [
+        ("send/m.room.message/n0", {"msgtype": "m.text", "body": "needle\u0000b"}),
+        ("state/m.room.topic/", {"topic": "a\u0000"}),
+        ("state/m.room.name/", {"name": "a\u0000"}),
+        (f"state/m.room.member/{quote(alice['user_id'])}", {"membership": "join", "displayname": "Al\u0000ice"}),
+        ("send/m.room.message/n1", {"msgtype": "m.text", "body": "r", "m.relates_to": {"rel_type": "m.thread", "event_id": "$a\u0000"}}),
+    ]
+    ids = []
+    for path, content in sends:
+        resp = await server.put(f"{V3}/rooms/{q}/{path}", content, token=t)
+        assert resp.status == 200, (path, resp.body)
+        ids.append(resp.body["event_id"])
+    reaction = {"m.relates_to": {"rel_type": "m.annotation", "event_id": ids[0], "key": "k\u0000"}}
+    resp = await server.put(f"{V3}/rooms/{q}/send/m.reaction/n2", reaction, token=t)
+    assert resp.status == 400 and resp.body["errcode"] == "M_INVALID_PARAM", resp.body
+    got = await server.get(f"{V3}/rooms/{q}/event/{quote(ids[0])}", token=t)
+    assert got.body["content"]["body"] == "needle\u0000b"
+    assert (await server.get(f"{V3}/sync", token=t)).status == 200
+    found = await server.post(f"{V3}/search", {"search_categories": {"room_events": {"search_term": "needle"}}}, token=t)
+    assert found.status == 200 and found.body["search_categories"]["room_events"]["count"] == 1
+    members = await server.get(f"{V3}/rooms/{q}/joined_members", token=t)
+    assert members.body["joined"][alice["user_id"]]["display_name"] == "Alice"

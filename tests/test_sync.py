@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import aiohttp
 import jsonschema
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from homeserver.sync.tokens import StreamToken
 
@@ -353,6 +355,12 @@ async def test_a_change_while_a_long_poll_reads_the_rooms_is_not_lost(server: Te
                 await membership(server, t["alice"], room_id, "invite", user_id=uid("bob"))
         return rows
 
+    class Forgetful(dict):  # every read goes to the database (and so races)
+        def __setitem__(self, key: Any, value: Any) -> None:
+            pass
+
+    handler = server.hs.sync_handler
+    cached, handler._membership_rows = handler._membership_rows, Forgetful()
     events.rooms_for_user = racing  # type: ignore[method-assign]
     try:
         started = time.monotonic()
@@ -360,11 +368,45 @@ async def test_a_change_while_a_long_poll_reads_the_rooms_is_not_lost(server: Te
         elapsed = time.monotonic() - started
     finally:
         del events.rooms_for_user
+        handler._membership_rows = cached
     seen = room_id in body["rooms"]["invite"]
     if not seen:
         seen = room_id in (await sync(server, t["bob"], since=body["next_batch"]))["rooms"]["invite"]
     assert seen, "the invite was skipped"
     assert elapsed < 2, "the long-poll slept through the invite"
+
+
+async def test_memberships_read_while_one_changes_are_not_cached(server: TestServer) -> None:
+    """The rows of a user's rooms are cached between syncs; rows read while
+    a membership of theirs changed are not kept (they may predate it)."""
+    t = await tokens(server, "alice", "bob")
+    room_id = await create_room(server, t["alice"])
+    since = (await sync(server, t["bob"]))["next_batch"]  # bob's rows are cached now
+    handler = server.hs.sync_handler
+    assert uid("bob") in handler._membership_rows
+    events = server.hs.storage.events
+    real = events.rooms_for_user
+
+    async def racing(user_id: str, memberships: Any = ("join",)) -> Any:
+        rows = await real(user_id, memberships)  # read before the invite commits
+        if user_id == uid("bob"):
+            await membership(server, t["alice"], room_id, "invite", user_id=uid("bob"))
+        return rows
+
+    handler._membership_rows.clear()
+    events.rooms_for_user = racing  # type: ignore[method-assign]
+    try:
+        stale = await handler._membership_rows_of(uid("bob"))
+    finally:
+        del events.rooms_for_user
+    assert room_id not in {m.room_id for m in stale}
+    assert uid("bob") not in handler._membership_rows  # not kept
+    body = await sync(server, t["bob"], since=since)
+    assert room_id in body["rooms"]["invite"]
+    # A membership change of theirs drops what was cached.
+    assert uid("bob") in handler._membership_rows
+    await membership(server, t["bob"], room_id, "join")
+    assert uid("bob") not in handler._membership_rows
 
 
 async def test_a_leave_racing_the_token_does_not_lose_the_events_before_it(server: TestServer) -> None:
@@ -482,16 +524,24 @@ async def test_filtered_timeline_still_reports_state_changes(server: TestServer)
 
 
 LAZY = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 5}}})
+# Seven: bob's summary names five heroes (alice, carol, dave, erin, frank), grace is none.
+LAZY_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace")
 
 
-async def test_lazy_loading_sends_only_the_members_of_timeline_senders(server: TestServer) -> None:
-    names = ("alice", "bob", "carol", "dave", "erin")
-    t = await tokens(server, *names)
+async def lazy_room(server: TestServer) -> tuple[dict[str, str], str]:
+    """Tokens of LAZY_NAMES, all joined to alice's room, where alice then says six things."""
+    t = await tokens(server, *LAZY_NAMES)
     room_id = await create_room(server, t["alice"])
-    for name in names[1:]:
+    for name in LAZY_NAMES[1:]:
         await join(server, t[name], room_id)
     for i in range(6):
         await send(server, t["alice"], room_id, f"a{i}")
+    return t, room_id
+
+
+async def test_lazy_loading_sends_only_the_members_of_timeline_senders(server: TestServer) -> None:
+    names = LAZY_NAMES
+    t, room_id = await lazy_room(server)
 
     def members(body: dict[str, Any]) -> set[str]:
         return {
@@ -501,10 +551,13 @@ async def test_lazy_loading_sends_only_the_members_of_timeline_senders(server: T
     # Without lazy loading: every member, in the state (or the timeline).
     full = joined(await sync(server, t["bob"], filter=json.dumps({"room": {"timeline": {"limit": 5}}})), room_id)
     assert members({"rooms": {"join": {room_id: full}}}) == {uid(n) for n in names}
-    # Initial, lazy: the timeline's sender and the syncing user.
+    # Initial, lazy: the timeline's sender, the syncing user and the summary's
+    # heroes (the spec: clients name the room after them).
     initial = await sync(server, t["bob"], filter=LAZY)
     assert [e["sender"] for e in joined(initial, room_id)["timeline"]["events"]] == [uid("alice")] * 5
-    assert members(initial) == {uid("alice"), uid("bob")}
+    heroes = joined(initial, room_id)["summary"]["m.heroes"]
+    assert heroes == [uid(n) for n in ("alice", "carol", "dave", "erin", "frank")]
+    assert members(initial) == {uid("bob"), *heroes}
     # The other state is all there.
     assert ("m.room.create", "") in state_keys(joined(initial, room_id)["state"]["events"])
 
@@ -967,10 +1020,51 @@ async def test_deleting_a_device_removes_its_pushers(server):
     pusher = {
         "kind": "http", "app_id": "com.example", "pushkey": "key1", "app_display_name": "App",
         "device_display_name": "Phone", "lang": "en",
-        "data": {"url": "http://127.0.0.1:9/_matrix/push/v1/notify"},
+        # (A public address: gateways on private ones are refused unless allowed.)
+        "data": {"url": "http://push.example.com/_matrix/push/v1/notify"},
     }
     assert (await server.post("/_matrix/client/v3/pushers/set", pusher, token=token)).status == 200
     other = await server.login("alice")
     assert len((await server.get("/_matrix/client/v3/pushers", token=other["access_token"])).body["pushers"]) == 1
     await server.post("/_matrix/client/v3/logout", {}, token=token)
     assert (await server.get("/_matrix/client/v3/pushers", token=other["access_token"])).body["pushers"] == []
+
+
+async def test_a_long_poll_ends_when_its_client_goes_away(server: TestServer) -> None:
+    """aiohttp does not cancel handlers; the poll notices the closed connection."""
+    t = await tokens(server, "alice")
+    room_id = await create_room(server, t["alice"])
+    since = (await sync(server, t["alice"]))["next_batch"]
+
+    def waiting() -> float:
+        return REGISTRY.get_sample_value("homeserver_sync_waiters") or 0.0
+
+    async def until(condition: Any, within: float) -> float:
+        started = time.monotonic()
+        while not condition():
+            assert time.monotonic() - started < within, "timed out"
+            await asyncio.sleep(0.02)
+        return time.monotonic() - started
+
+    before = waiting()
+    async with aiohttp.ClientSession() as session:
+        poll = asyncio.create_task(
+            session.get(
+                f"{server.url}{V3}/sync",
+                params={"since": since, "timeout": "30000"},
+                headers={"Authorization": f"Bearer {t['alice']}"},
+            )
+        )
+        await until(lambda: waiting() == before + 1, within=5)
+        poll.cancel()  # drops the connection mid-response
+        with pytest.raises(asyncio.CancelledError):
+            await poll
+    assert await until(lambda: waiting() == before, within=1) < 1
+    # Other long-polls are untouched, and still wake for news.
+    polling = asyncio.create_task(sync_raw(server, t["alice"], since=since, timeout=20000))
+    await until(lambda: waiting() == before + 1, within=5)
+    await asyncio.sleep(0.6)  # past a check for disconnected clients
+    assert not polling.done()
+    event_id = await send(server, t["alice"], room_id)
+    resp = await polling
+    assert resp.status == 200 and event_id in timeline_ids(resp.body, room_id)

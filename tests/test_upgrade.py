@@ -3,10 +3,16 @@ room, what is carried over, the tombstone and the retired old room, and refusals
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
+
+from homeserver.rooms import upgrade as upgrade_module
+
+from .conftest import start_server, stop_server
 
 if TYPE_CHECKING:
     from .conftest import Response, TestServer
@@ -347,3 +353,89 @@ async def test_unknown_room_and_bad_bodies(server, people):
         401,
         "M_MISSING_TOKEN",
     )
+
+
+# ------------------------------------------------------------- concurrency
+
+
+async def room_count(server: TestServer) -> int:
+    return await server.hs.db.fetchval("test", "SELECT COUNT(*) FROM rooms")
+
+
+async def test_concurrent_upgrades_make_one_room(server, people):
+    alice = people["alice"]
+    old = await make_room(server, people, "11")
+    levels = await state(server, alice, old, "m.room.power_levels")
+    levels["users"][DAVE] = 100
+    await ok(server.put(f"{V3}/rooms/{q(old)}/state/m.room.power_levels/", levels, token=alice))
+    rooms_before = await room_count(server)
+    results = await asyncio.gather(
+        *(upgrade(server, alice, old, {"new_version": "12"}) for _ in range(3)),
+        upgrade(server, people["dave"], old, {"new_version": "11"}),
+    )
+    # One upgrader wins: their repeats are answered with their one upgrade,
+    # the other is refused (whoever came first, which the engine decides).
+    assert await room_count(server) == rooms_before + 1
+    new = (await state(server, alice, old, "m.room.tombstone"))["replacement_room"]
+    statuses = [r.status for r in results]
+    assert statuses in ([200, 200, 200, 400], [400, 400, 400, 200]), [r.body for r in results]
+    for resp in results:
+        if resp.status == 200:
+            assert resp.body == {"replacement_room": new}
+        else:
+            assert_error(resp, 400, "M_UNKNOWN")
+    # Later repeats by the winner get the same answer, for a while; others a refusal.
+    winner, loser = (alice, people["dave"]) if statuses[0] == 200 else (people["dave"], alice)
+    assert await ok(upgrade(server, winner, old, {"new_version": "12"})) == {"replacement_room": new}
+    assert_error(await upgrade(server, loser, old, {"new_version": "12"}), 400, "M_UNKNOWN")
+    assert await room_count(server) == rooms_before + 1
+
+
+async def test_an_upgrade_under_way_elsewhere_refuses_another(server, people):
+    """A claim in room_upgrades, as another process holds it mid-upgrade, refuses
+    every other upgrade of the room until it ends, or is so old its process died."""
+    alice = people["alice"]
+    old = await make_room(server, people, "10")
+    events = server.hs.storage.events
+    now = int(time.time() * 1000)
+    window = upgrade_module.UPGRADE_WINDOW_MS
+    assert await events.claim_room_upgrade(old, DAVE, now, now - window) is None
+    rooms_before = await room_count(server)
+    for token in (alice, people["dave"]):
+        assert_error(await upgrade(server, token, old, {"new_version": "12"}), 400, "M_UNKNOWN")
+    assert await room_count(server) == rooms_before
+    assert await state(server, alice, old, "m.room.tombstone") is None
+
+    # A failed upgrade leaves no claim behind.
+    await events.end_room_upgrade(old, DAVE, now, None, now)
+    assert_error(await upgrade(server, people["dave"], old, {"new_version": "12"}), 403, "M_FORBIDDEN")
+    # A claim never finished, older than the window, is taken over.
+    stale = now - window - 1
+    assert await events.claim_room_upgrade(old, DAVE, stale, stale - window) is None
+    new = (await ok(upgrade(server, alice, old, {"new_version": "12"})))["replacement_room"]
+    assert (await state(server, alice, old, "m.room.tombstone"))["replacement_room"] == new
+    assert await room_count(server) == rooms_before + 1
+
+
+async def test_concurrent_upgrades_in_two_processes_make_one_room(server, people):
+    if server.hs.config.database.name != "psycopg":
+        pytest.skip("several processes share a database on PostgreSQL")
+    alice = people["alice"]
+    old = await make_room(server, people, "11")
+    rooms_before = await room_count(server)
+    other = await start_server(server.hs.config)
+    try:
+        results = await asyncio.gather(
+            *(upgrade(s, alice, old, {"new_version": "12"}) for s in (server, other, server, other))
+        )
+    finally:
+        await stop_server(other)
+    # Each is the one upgrade, a repeat answered with it, or refused while it ran elsewhere.
+    new = (await state(server, alice, old, "m.room.tombstone"))["replacement_room"]
+    for resp in results:
+        if resp.status == 200:
+            assert resp.body == {"replacement_room": new}
+        else:
+            assert_error(resp, 400, "M_UNKNOWN")
+    assert any(resp.status == 200 for resp in results)
+    assert await room_count(server) == rooms_before + 1

@@ -3,7 +3,8 @@
 Tokens come from `Authorization: Bearer ...` (or the deprecated
 `access_token` query parameter). They are looked up by their SHA-256
 digest. An expired refreshable token is answered with `soft_logout: true`
-so clients refresh instead of signing the person out.
+so clients refresh instead of signing the person out. An application
+service's `as_token` is recognised first, by the `appservice_requester` hook.
 
 Last-seen data (time, IP, user agent) for each device is kept in memory and
 written in one batch every few seconds rather than on every request.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -35,6 +37,12 @@ class Requester:
     token_hash: str
     is_guest: bool = False
     admin: bool = False
+    # Set when an application service's as_token made the request.
+    app_service_id: str | None = None
+    rate_limited: bool = True
+
+
+AppserviceRequester = Callable[[str, web.Request], Awaitable["Requester | None"]]
 
 
 def access_token_from_request(request: web.Request) -> str | None:
@@ -54,6 +62,9 @@ class Auth:
         self.storage = storage
         self._last_seen: dict[tuple[str, str], tuple[int, str | None, str | None]] = {}
         self._flush_task: asyncio.Task | None = None
+        # Hook (the application services): the requester an as_token stands
+        # for, None if the token is not one; looked up before user tokens.
+        self.appservice_requester: AppserviceRequester | None = None
 
     async def get_requester(
         self, request: web.Request, *, allow_guest: bool = False, allow_expired: bool = False
@@ -61,11 +72,16 @@ class Auth:
         token = access_token_from_request(request)
         if token is None:
             raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
-        requester = await self.requester_for_token(token, allow_expired=allow_expired)
+        requester = None
+        if self.appservice_requester is not None:
+            requester = await self.appservice_requester(token, request)
+        if requester is None:
+            requester = await self.requester_for_token(token, allow_expired=allow_expired)
         if requester.is_guest and not allow_guest:
             raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed here")
         request[USER_ID] = requester.user_id
-        self._note_seen(requester, request)
+        if requester.device_id:
+            self._note_seen(requester, request)
         return requester
 
     async def requester_for_token(self, token: str, *, allow_expired: bool = False) -> Requester:
@@ -83,6 +99,16 @@ class Auth:
             # The first use of a refreshed token retires the refresh token it replaced.
             await self.storage.devices.mark_access_token_used(token_hash, info.refresh_token_hash)
         return Requester(info.user_id, info.device_id, token_hash, info.is_guest, info.admin)
+
+    async def get_appservice(self, request: web.Request) -> Requester:
+        """The requester, who must be an application service (its as_token):
+        for what only services may do (m.login.application_service)."""
+        requester = await self.get_requester(request)
+        if requester.app_service_id is None:
+            raise MatrixError(
+                401, "M_UNKNOWN_TOKEN", "m.login.application_service needs an application service's as_token"
+            )
+        return requester
 
     async def get_admin(self, request: web.Request) -> Requester:
         requester = await self.get_requester(request)

@@ -11,12 +11,14 @@ import asyncio
 import logging
 import re
 import secrets
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 from storage import Storage
 from storage.devices import DeviceStore
 from storage.engines import Transaction, is_unique_violation
+from storage.key_backup import KeyBackupStore
 from storage.registration import RegistrationStore
 from storage.uia import UIASession, UIAStore
 from storage.users import UserStore
@@ -91,6 +93,14 @@ class Accounts:
         uia.register_stage(REGISTRATION_TOKEN, self._check_registration_token_stage)
         uia.register_stage(PASSWORD, self._check_password_stage)
         self._cleanup_task: asyncio.Task | None = None
+        # Awaited with (user_ids, device_lists position) when devices are deleted.
+        self.device_listeners: list[Callable[[Collection[str], int], Awaitable[None]]] = []
+        # Awaited with the user ID once an account is deactivated (it leaves its rooms).
+        self.deactivation_listeners: list[Callable[[str], Awaitable[None]]] = []
+        # Hook (the application services): raises M_EXCLUSIVE for a user ID
+        # that may not be registered (by the application service given, or by
+        # anyone else when None).
+        self.check_user_namespace: Callable[[str, str | None], None] | None = None
 
     # ------------------------------------------------------------ user IDs
 
@@ -110,11 +120,14 @@ class Accounts:
             return self.qualify(parts[0].lower())
         return self.qualify(user.lower())
 
-    async def check_username_available(self, localpart: str) -> str:
-        """The full user ID for a new account, or M_INVALID_USERNAME / M_USER_IN_USE."""
+    async def check_username_available(self, localpart: str, *, appservice_id: str | None = None) -> str:
+        """The full user ID for a new account (registered by the application service
+        `appservice_id`, if given), or M_INVALID_USERNAME / M_EXCLUSIVE / M_USER_IN_USE."""
         localpart = localpart.lower()
-        check_new_localpart(localpart, self.config.server_name)
+        check_new_localpart(localpart, self.config.server_name, appservice=appservice_id is not None)
         uid = self.qualify(localpart)
+        if self.check_user_namespace is not None:
+            self.check_user_namespace(uid, appservice_id)
         if await self.storage.users.user_exists(uid):
             raise MatrixError(400, "M_USER_IN_USE", "User ID already taken")
         return uid
@@ -196,12 +209,13 @@ class Accounts:
         want_refresh: bool = False,
         registration_token: str | None = None,
         uia_session: UIASession | None = None,
+        appservice_id: str | None = None,
     ) -> tuple[str, Session | None]:
         """Create an account (and, unless inhibited, its first session)."""
         if localpart is None:
             localpart = await self._generate_localpart()
         localpart = localpart.lower()
-        uid = await self.check_username_available(localpart)
+        uid = await self.check_username_available(localpart, appservice_id=appservice_id)
         now = now_ms()
 
         async def _fn(txn: Transaction) -> Session | None:
@@ -382,36 +396,49 @@ class Accounts:
     # ------------------------------------------------------ devices, logout
 
     async def delete_devices(self, uid: str, device_ids: list[str]) -> None:
-        await self.storage.db.run("delete_devices", DeviceStore.delete_devices_txn, uid, device_ids)
+        position = await self.storage.db.run(
+            "delete_devices", DeviceStore.delete_devices_txn, uid, device_ids, read_committed=True
+        )
+        await self._devices_deleted(uid, position)
 
     async def logout_all(self, uid: str) -> None:
-        async def _fn(txn: Transaction) -> None:
+        async def _fn(txn: Transaction) -> int | None:
             device_ids = await DeviceStore.device_ids_txn(txn, uid)
-            await DeviceStore.delete_devices_txn(txn, uid, device_ids)
+            return await DeviceStore.delete_devices_txn(txn, uid, device_ids)
 
-        await self.storage.db.run("logout_all", _fn)
+        await self._devices_deleted(uid, await self.storage.db.run("logout_all", _fn, read_committed=True))
 
     async def change_password(
         self, uid: str, password_hash: str, keep_device_id: str | None, logout_devices: bool
     ) -> None:
-        async def _fn(txn: Transaction) -> None:
+        async def _fn(txn: Transaction) -> int | None:
             await UserStore.set_password_hash_txn(txn, uid, password_hash)
-            if logout_devices:
-                device_ids = [
-                    d for d in await DeviceStore.device_ids_txn(txn, uid) if d != keep_device_id
-                ]
-                await DeviceStore.delete_devices_txn(txn, uid, device_ids)
+            if not logout_devices:
+                return None
+            device_ids = [d for d in await DeviceStore.device_ids_txn(txn, uid) if d != keep_device_id]
+            return await DeviceStore.delete_devices_txn(txn, uid, device_ids)
 
-        await self.storage.db.run("change_password", _fn)
+        await self._devices_deleted(uid, await self.storage.db.run("change_password", _fn, read_committed=True))
 
     async def deactivate(self, uid: str) -> None:
-        async def _fn(txn: Transaction) -> None:
+        async def _fn(txn: Transaction) -> int | None:
             await UserStore.deactivate_txn(txn, uid)
+            # Encrypted as they are, the room keys of an account no one can use go.
+            await KeyBackupStore.delete_all_txn(txn, uid)
             device_ids = await DeviceStore.device_ids_txn(txn, uid)
-            await DeviceStore.delete_devices_txn(txn, uid, device_ids)
+            return await DeviceStore.delete_devices_txn(txn, uid, device_ids)
 
-        await self.storage.db.run("deactivate", _fn)
+        await self._devices_deleted(uid, await self.storage.db.run("deactivate", _fn, read_committed=True))
+        for listener in self.deactivation_listeners:
+            await listener(uid)
         logger.info("deactivated %s", uid)
+
+    async def _devices_deleted(self, uid: str, position: int | None) -> None:
+        """Tell the listeners (the user's contacts' syncs) the devices are gone."""
+        if position is None:
+            return
+        for listener in self.device_listeners:
+            await listener((uid,), position)
 
     # ------------------------------------------------ UIA for the signed-in
 

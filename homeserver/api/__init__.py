@@ -9,21 +9,28 @@ from ..http import Router
 from . import (
     account,
     admin,
+    admin_rooms,
+    admin_users,
     devices,
     directory,
     ephemeral,
     history,
+    keys,
     login,
+    media,
     membership,
     profile,
     push,
     register,
     relations,
     reports,
+    room_keys,
     rooms,
+    search,
     spaces,
     sync,
     versions,
+    voip,
 )
 
 if TYPE_CHECKING:
@@ -34,6 +41,7 @@ def register_client_api(router: Router, hs: "HomeServer") -> None:
     for module in (
         versions, login, register, account, devices, profile, admin,
         rooms, membership, history, relations, directory, spaces, reports, sync,
-        ephemeral, push,
+        ephemeral, push, keys, voip, room_keys, media, search,
+        admin_users, admin_rooms,
     ):
         module.register(router, hs)

@@ -1,4 +1,9 @@
-"""Device management: list, rename and delete the signed-in user's devices."""
+"""Device management: list, rename and delete the signed-in user's devices.
+
+An application service that opted into MSC4190 (masquerading as one of its
+users) also creates devices with PUT (201 when new) and deletes them
+without user-interactive auth.
+"""
 
 from __future__ import annotations
 
@@ -47,9 +52,15 @@ def register(router: Router, hs: "HomeServer") -> None:
         requester = await hs.auth.get_requester(request)
         body = await read_json(request)
         device_id = request.match_info["deviceId"]
+        if hs.appservices.manages_devices(requester):
+            display_name = body_str(body, "display_name", None, max_length=256)
+            if await hs.appservices.create_device(requester, device_id, display_name):
+                return json_response({}, status=201)
         if "display_name" in body:
             display_name = body_str(body, "display_name", None, max_length=256)
             found = await devices.set_display_name(requester.user_id, device_id, display_name)
+            if found:  # the name is part of what others' /keys/query shows
+                await hs.e2ee_keys.device_list_changed(requester.user_id)
         else:  # "If not given, the display name is unchanged."
             found = await devices.get_device(requester.user_id, device_id) is not None
         if not found:
@@ -59,18 +70,19 @@ def register(router: Router, hs: "HomeServer") -> None:
     async def delete_device(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request)
         body = await read_json(request, allow_empty=True)
-        await hs.accounts.reauthenticate(request, body, requester.user_id)
+        if not hs.appservices.manages_devices(requester):
+            await hs.accounts.reauthenticate(request, body, requester.user_id)
         await hs.accounts.delete_devices(requester.user_id, [request.match_info["deviceId"]])
         return json_response({})
 
     async def delete_devices(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request)
         body = await read_json(request)
-        body_str_list(body, "devices")
-        session = await hs.accounts.reauthenticate(request, body, requester.user_id)
-        await hs.accounts.delete_devices(
-            requester.user_id, body_str_list(session.clientdict, "devices")
-        )
+        device_ids = body_str_list(body, "devices")
+        if not hs.appservices.manages_devices(requester):
+            session = await hs.accounts.reauthenticate(request, body, requester.user_id)
+            device_ids = body_str_list(session.clientdict, "devices")
+        await hs.accounts.delete_devices(requester.user_id, device_ids)
         return json_response({})
 
     router.client("GET", "/devices", list_devices)

@@ -1,4 +1,9 @@
-"""Typing, receipts and read markers, account data, room tags and presence."""
+"""Typing, receipts and read markers, account data, room tags and presence.
+
+Typing notifications and receipts (read markers too) are rate limited per
+user at `EPHEMERAL_RATE`, a fixed cap: Synapse has no `rc_` option for
+them, so there is none to configure here either.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..accounts.auth import Requester
+from ..config import RateLimit
 from ..ephemeral.account_data import FULLY_READ, PUSH_RULES
 from ..ephemeral.presence import STATES
 from ..ephemeral.receipts import RECEIPT_TYPES
@@ -14,12 +20,20 @@ from ..ephemeral.typing import DEFAULT_TIMEOUT_MS
 from ..errors import bad_json, forbidden, invalid_param, missing_param
 from ..http import Router, body_str, json_response, read_json
 from ..ids import split_user_id
+from ..ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from ..app import HomeServer
 
+# Far above what a person typing or reading does; a runaway client (or
+# script) is refused with 429 instead of flooding everyone's syncs.
+EPHEMERAL_RATE = RateLimit(per_second=10, burst_count=30)
+
 
 def register(router: Router, hs: "HomeServer") -> None:
+    typing_limiter = RateLimiter(EPHEMERAL_RATE)
+    receipt_limiter = RateLimiter(EPHEMERAL_RATE)
+
     async def own_user(request: web.Request, what: str) -> Requester:
         """The requester, who must be the user the path names (403 otherwise)."""
         requester = await hs.auth.get_requester(request)
@@ -36,6 +50,7 @@ def register(router: Router, hs: "HomeServer") -> None:
 
     async def put_typing(request: web.Request) -> web.Response:
         requester = await own_user(request, "set typing notifications")
+        typing_limiter.check(requester.user_id)
         body = await read_json(request)
         if "typing" not in body:
             raise missing_param("Missing parameter: typing")
@@ -52,6 +67,7 @@ def register(router: Router, hs: "HomeServer") -> None:
 
     async def post_receipt(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request)
+        receipt_limiter.check(requester.user_id)
         body = await read_json(request, allow_empty=True)
         await hs.receipts.send_receipt(
             requester.user_id,
@@ -60,10 +76,12 @@ def register(router: Router, hs: "HomeServer") -> None:
             request.match_info["eventId"],
             body.get("thread_id"),
         )
+        await hs.presence.user_active(requester.user_id)
         return json_response({})
 
     async def post_read_markers(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request)
+        receipt_limiter.check(requester.user_id)
         body = await read_json(request)
         markers: dict[str, str] = {}
         for kind in (FULLY_READ, *RECEIPT_TYPES):
@@ -74,6 +92,7 @@ def register(router: Router, hs: "HomeServer") -> None:
                 raise invalid_param(f"'{kind}' must be an event ID")
             markers[kind] = event_id
         await hs.receipts.set_read_markers(requester.user_id, room_id_of(request), markers)
+        await hs.presence.user_active(requester.user_id)
         return json_response({})
 
     # -------------------------------------------------------- account data

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..app import HomeServer
 
 
-def _direction(request: web.Request) -> bool:
+def direction_param(request: web.Request) -> bool:
     """The required `dir` parameter; True for backwards."""
     value = request.query.get("dir")
     if value is None:
@@ -33,7 +33,7 @@ def _direction(request: web.Request) -> bool:
     return value == "b"
 
 
-def _token(request: web.Request, key: str) -> PaginationToken | None:
+def token_param(request: web.Request, key: str) -> PaginationToken | None:
     value = request.query.get(key)
     if value is None:
         return None
@@ -43,14 +43,14 @@ def _token(request: web.Request, key: str) -> PaginationToken | None:
         raise invalid_param(f"Query parameter '{key}' is not a valid token") from None
 
 
-def _limit(request: web.Request) -> int | None:
+def limit_param(request: web.Request) -> int | None:
     limit = query_int(request, "limit")
     if limit is not None and limit < 0:
         raise invalid_param("Query parameter 'limit' must be 0 or more")
     return min(limit, MAX_LIMIT) if limit is not None else None
 
 
-def _filter(request: web.Request) -> RoomEventFilter:
+def filter_param(request: web.Request) -> RoomEventFilter:
     raw = request.query.get("filter")
     if raw is None:
         return RoomEventFilter()
@@ -84,10 +84,10 @@ def register(router: Router, hs: HomeServer) -> None:
     async def messages(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request, allow_guest=True)
         room_id = room_id_of(request)
-        backwards = _direction(request)
-        from_token, to_token = _token(request, "from"), _token(request, "to")
-        limit = _limit(request)
-        event_filter = _filter(request)
+        backwards = direction_param(request)
+        from_token, to_token = token_param(request, "from"), token_param(request, "to")
+        limit = limit_param(request)
+        event_filter = filter_param(request)
         page = await history.messages(
             requester.user_id, room_id,
             backwards=backwards, from_token=from_token, to_token=to_token,
@@ -107,8 +107,8 @@ def register(router: Router, hs: HomeServer) -> None:
     async def context(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request, allow_guest=True)
         room_id = room_id_of(request)
-        limit = _limit(request)
-        event_filter = _filter(request)
+        limit = limit_param(request)
+        event_filter = filter_param(request)
         found = await history.context(
             requester.user_id,
             room_id,
@@ -133,7 +133,7 @@ def register(router: Router, hs: HomeServer) -> None:
         room_id = room_id_of(request)
         found = await history.members(
             requester.user_id, room_id,
-            at=_token(request, "at"),
+            at=token_param(request, "at"),
             membership=_membership(request, "membership"),
             not_membership=_membership(request, "not_membership"),
         )
@@ -152,7 +152,7 @@ def register(router: Router, hs: HomeServer) -> None:
             raise missing_param("Missing query parameter: ts")
         if abs(ts) > MAX_POSITION:
             raise invalid_param("Query parameter 'ts' is out of range")
-        backwards = _direction(request)
+        backwards = direction_param(request)
         event = await history.event_at_timestamp(
             requester.user_id, room_id, ts, forwards=not backwards
         )

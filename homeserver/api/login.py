@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from ..app import HomeServer
 
 PASSWORD_LOGIN = "m.login.password"
+# Spec (application services): sign in as a user of the service's namespace.
+APPLICATION_SERVICE = "m.login.application_service"
 
 
 def register(router: Router, hs: "HomeServer") -> None:
@@ -26,6 +28,8 @@ def register(router: Router, hs: "HomeServer") -> None:
 
     async def get_login(request: web.Request) -> web.Response:
         flows = [{"type": PASSWORD_LOGIN}] if config.password_config.enabled else []
+        if hs.appservices.services:
+            flows.append({"type": APPLICATION_SERVICE})
         return json_response({"flows": flows})
 
     def _identifier_user(body: dict[str, Any]) -> str:
@@ -42,9 +46,11 @@ def register(router: Router, hs: "HomeServer") -> None:
         return body_str(identifier, "user", max_length=255)
 
     async def post_login(request: web.Request) -> web.Response:
-        by_address.check(request.remote or "")
         body = await read_json(request)
         login_type = body_str(body, "type")
+        if login_type == APPLICATION_SERVICE:
+            return await _appservice_login(request, body)
+        by_address.check(request.remote or "")
         if login_type != PASSWORD_LOGIN or not config.password_config.enabled:
             raise MatrixError(400, "M_UNKNOWN", f"Unsupported login type: {login_type!r}")
         user = _identifier_user(body)
@@ -64,6 +70,29 @@ def register(router: Router, hs: "HomeServer") -> None:
         if not await accounts.check_password(uid, password):
             failures.record(uid)
             raise forbidden("Invalid username or password")
+        return await _session_response(uid, device_id, display_name, want_refresh)
+
+    async def _appservice_login(request: web.Request, body: dict[str, Any]) -> web.Response:
+        """Spec: an application service signs in as a user of its namespace with its as_token."""
+        requester = await hs.auth.get_appservice(request)
+        if requester.rate_limited:
+            by_address.check(request.remote or "")
+        device_id = body_str(body, "device_id", None)
+        if device_id is not None:
+            check_device_id(device_id)
+        display_name = body_str(body, "initial_device_display_name", None, max_length=256)
+        uid = accounts.resolve_login_user(_identifier_user(body))
+        if uid is None:
+            raise forbidden("Invalid username")
+        if accounts.check_user_namespace is not None:
+            accounts.check_user_namespace(uid, requester.app_service_id)
+        if not await hs.storage.users.user_exists(uid):
+            raise forbidden("Invalid username")
+        return await _session_response(uid, device_id, display_name, body_bool(body, "refresh_token"))
+
+    async def _session_response(
+        uid: str, device_id: str | None, display_name: str | None, want_refresh: bool
+    ) -> web.Response:
         session = await accounts.create_session(uid, device_id, display_name, want_refresh)
         response = session.to_json()
         response["home_server"] = config.server_name
@@ -94,13 +123,10 @@ def register(router: Router, hs: "HomeServer") -> None:
 
     async def whoami(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request, allow_guest=True)
-        return json_response(
-            {
-                "user_id": requester.user_id,
-                "device_id": requester.device_id,
-                "is_guest": requester.is_guest,
-            }
-        )
+        body = {"user_id": requester.user_id, "is_guest": requester.is_guest}
+        if requester.device_id:  # an application service acting without a device has none
+            body["device_id"] = requester.device_id
+        return json_response(body)
 
     router.client("GET", "/login", get_login)
     router.client("POST", "/login", post_login)

@@ -64,6 +64,8 @@ def register(router: Router, hs: "HomeServer") -> None:
     async def forget(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request, allow_guest=True)
         await rooms.forget(requester.user_id, request.match_info["roomId"])
+        # The user's rooms changed without an event: their syncs (and caches) hear of it.
+        hs.notifier.on_new("events", hs.notifier.positions.get("events", 0), users=(requester.user_id,))
         return json_response({})
 
     def targeted(membership: str, require_current: tuple[str, ...] | None = None) -> Any:

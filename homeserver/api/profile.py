@@ -26,6 +26,8 @@ def register(router: Router, hs: "HomeServer") -> None:
         if split_user_id(uid) is None:
             raise invalid_param(f"Invalid user ID: {uid!r}")
         profile = await users.get_profile(uid) if hs.accounts.is_mine(uid) else None
+        if profile is None and hs.accounts.is_mine(uid) and await hs.appservices.query_user(uid):
+            profile = await users.get_profile(uid)  # the application service created it
         if profile is None:
             raise not_found("Profile not found")
         fields = {"displayname": profile.displayname, "avatar_url": profile.avatar_url}

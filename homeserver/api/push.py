@@ -19,6 +19,7 @@ from ..http import (
     query_str,
     read_json,
 )
+from ..net import AddressPolicy
 from ..push.pushers import NOTIFY_PATH
 from ..util import now_ms
 
@@ -37,7 +38,7 @@ def _rule_path(request: web.Request) -> tuple[str, str]:
     return request.match_info["kind"], request.match_info["ruleId"]
 
 
-def _pusher_from_body(user_id: str, device_id: str, body: dict[str, Any]) -> Pusher:
+def _pusher_from_body(user_id: str, device_id: str, body: dict[str, Any], policy: AddressPolicy) -> Pusher:
     """A pusher to create or update, checked as POST /pushers/set requires."""
     missing = [key for key in _PUSHER_REQUIRED if body.get(key) is None]
     if missing:
@@ -48,7 +49,7 @@ def _pusher_from_body(user_id: str, device_id: str, body: dict[str, Any]) -> Pus
     data = body["data"]
     if not isinstance(data, dict):
         raise bad_json("'data' must be a JSON object")
-    _check_gateway_url(data.get("url"))
+    _check_gateway_url(data.get("url"), policy)
     if "format" in data and not isinstance(data["format"], str):
         raise invalid_param("'data.format' must be a string")
     return Pusher(
@@ -67,8 +68,10 @@ def _pusher_from_body(user_id: str, device_id: str, body: dict[str, Any]) -> Pus
     )
 
 
-def _check_gateway_url(url: Any) -> None:
-    """An http(s) URL whose path is the push gateway's notify endpoint (spec)."""
+def _check_gateway_url(url: Any, policy: AddressPolicy) -> None:
+    """An http(s) URL whose path is the push gateway's notify endpoint (spec), not
+    at an IP address the server may not connect to (host names are checked as
+    they are resolved, when pushing)."""
     if not isinstance(url, str):
         raise invalid_param("'data.url' is required for http pushers")
     try:
@@ -77,6 +80,8 @@ def _check_gateway_url(url: Any) -> None:
         raise invalid_param("'data.url' is not a valid URL") from None
     if parsed.scheme not in ("http", "https") or not parsed.host or parsed.path != NOTIFY_PATH:
         raise invalid_param(f"'data.url' must be an http(s) URL with the path {NOTIFY_PATH}")
+    if not policy.allows_host(parsed.host):
+        raise invalid_param("'data.url' is at an IP address this server does not connect to")
 
 
 def register(router: Router, hs: HomeServer) -> None:
@@ -174,7 +179,7 @@ def register(router: Router, hs: HomeServer) -> None:
         if body["kind"] is None:
             await push.delete_pusher(requester.user_id, app_id, pushkey)
             return json_response({})
-        pusher = _pusher_from_body(requester.user_id, requester.device_id, body)
+        pusher = _pusher_from_body(requester.user_id, requester.device_id, body, push.pushers.policy)
         await push.set_pusher(pusher, append=body_bool(body, "append"))
         return json_response({})
 

@@ -13,6 +13,9 @@ from ..http import Router, body_bool, body_str, json_response, query_str, read_j
 from ..ratelimit import RateLimiter
 from ..util import now_ms
 
+# Spec: application services register the users of their namespaces with this type.
+APPLICATION_SERVICE = "m.login.application_service"
+
 if TYPE_CHECKING:
     from ..app import HomeServer
 
@@ -45,8 +48,10 @@ def register(router: Router, hs: "HomeServer") -> None:
         kind = request.query.get("kind", "user")
         if kind not in ("user", "guest"):
             raise invalid_param("kind must be 'user' or 'guest'")
-        limiter.check(request.remote or "")
         body = await read_json(request)
+        if kind == "user" and body.get("type") == APPLICATION_SERVICE:
+            return await _register_appservice_user(request, body)
+        limiter.check(request.remote or "")
         if kind == "guest":
             return await _register_guest(body)
         if not config.enable_registration:
@@ -76,6 +81,26 @@ def register(router: Router, hs: "HomeServer") -> None:
             want_refresh=checked["refresh_token"],
             registration_token=completed.get(REGISTRATION_TOKEN),
             uia_session=session,
+        )
+        return json_response(_registration_response(uid, login))
+
+    async def _register_appservice_user(request: web.Request, body: dict[str, Any]) -> web.Response:
+        """Spec: an application service creates users of its namespace with its
+        as_token, without flows or a password (and even with registration off)."""
+        requester = await hs.auth.get_appservice(request)
+        if requester.rate_limited:
+            limiter.check(request.remote or "")
+        checked = _check_params(body)
+        if checked["username"] is None:
+            raise MatrixError(400, "M_MISSING_PARAM", "Missing parameter: username")
+        uid, login = await accounts.register(
+            checked["username"],
+            None,
+            device_id=checked["device_id"],
+            initial_device_display_name=checked["initial_device_display_name"],
+            inhibit_login=checked["inhibit_login"],
+            want_refresh=checked["refresh_token"],
+            appservice_id=requester.app_service_id,
         )
         return json_response(_registration_response(uid, login))
 

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from ..accounts.auth import Requester
 from ..errors import forbidden, invalid_param, not_found
-from ..http import Router, body_str, json_response, read_json
+from ..http import Router, body_str, json_response, query_int, read_json
 from ..rooms.creation import check_state_content
 
 if TYPE_CHECKING:
@@ -31,6 +32,24 @@ def _txn_id(request: web.Request) -> str:
     return txn_id
 
 
+# The largest integer canonical JSON allows.
+MAX_TS = 2**53 - 1
+
+
+def _massaged_ts(request: web.Request, requester: Requester, *names: str) -> int | None:
+    """MSC3316: an application service sets the event's origin_server_ts with
+    `?ts=` (milliseconds). Others' `ts` is ignored, as Synapse ignores it."""
+    if requester.app_service_id is None:
+        return None
+    for name in names:
+        ts = query_int(request, name)
+        if ts is not None:
+            if not 0 <= ts <= MAX_TS:
+                raise invalid_param(f"Query parameter '{name}' must be a timestamp in milliseconds")
+            return ts
+    return None
+
+
 def register(router: Router, hs: "HomeServer") -> None:
     rooms = hs.rooms
     events = hs.storage.events
@@ -39,7 +58,9 @@ def register(router: Router, hs: "HomeServer") -> None:
         requester = await hs.auth.get_requester(request)
         body = await read_json(request, allow_empty=True)
         # The directory reserves `room_alias_name` before the room is created.
-        room_id = await hs.directory.create_room(requester.user_id, body)
+        room_id = await hs.directory.create_room(
+            requester.user_id, body, appservice_id=requester.app_service_id
+        )
         return json_response({"room_id": room_id})
 
     async def send_message(request: web.Request) -> web.Response:
@@ -55,6 +76,7 @@ def register(router: Router, hs: "HomeServer") -> None:
             content,
             txn_id=txn_id,
             device_id=requester.device_id,
+            origin_server_ts=_massaged_ts(request, requester, "ts"),
         )
         return json_response({"event_id": event_id})
 
@@ -66,6 +88,8 @@ def register(router: Router, hs: "HomeServer") -> None:
         if len(state_key.encode()) > 255:
             raise invalid_param("State key must be at most 255 bytes")
         content = await read_json(request)
+        # The unstable name is only for /state (MSC3316: /send had `ts` already).
+        ts = _massaged_ts(request, requester, "ts", "org.matrix.msc3316.ts")
         if event_type == "m.room.member":
             # Clients set per-room display names this way (Element's /myroomnick).
             membership = body_str(content, "membership", max_length=16)
@@ -79,11 +103,12 @@ def register(router: Router, hs: "HomeServer") -> None:
                 membership,
                 reason=body_str(content, "reason", None, max_length=1024),
                 extra=extra,
+                origin_server_ts=ts,
             )
             return json_response({"event_id": event_id})
         check_state_content(event_type, content)
         event_id = await rooms.send_event(
-            requester.user_id, room_id, event_type, content, state_key=state_key
+            requester.user_id, room_id, event_type, content, state_key=state_key, origin_server_ts=ts
         )
         return json_response({"event_id": event_id})
 

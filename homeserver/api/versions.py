@@ -14,14 +14,22 @@ if TYPE_CHECKING:
 
 # Spec versions whose client-server API this server implements. A version is
 # only listed once everything it requires works.
-SPEC_VERSIONS = ["v1.1", "v1.2"]
+SPEC_VERSIONS = ["v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6"]
 
 
 def register(router: Router, hs: "HomeServer") -> None:
     config = hs.config
 
     async def versions(request: web.Request) -> web.Response:
-        return json_response({"versions": SPEC_VERSIONS, "unstable_features": {}})
+        # msc3916.stable: authenticated media (spec v1.11) is served, so
+        # clients use /_matrix/client/v1/media before v1.11 is listed.
+        # msc4222: /sync's use_state_after (spec v1.16), stable and unstable names.
+        return json_response(
+            {
+                "versions": SPEC_VERSIONS,
+                "unstable_features": {"org.matrix.msc3916.stable": True, "org.matrix.msc4222": True},
+            }
+        )
 
     async def wellknown_client(request: web.Request) -> web.Response:
         return json_response({"m.homeserver": {"base_url": config.base_url}})

@@ -7,13 +7,14 @@ read-markers API may move, and only forwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from storage.ephemeral import AccountDataStore
 from storage.events import EventStore
 
 from ..errors import MatrixError, invalid_param, not_found
+from ..rooms.visibility import IGNORED_USER_LIST, ignored_in
 from ..sync.notifier import Notifier
 
 JsonDict = dict[str, Any]
@@ -47,6 +48,39 @@ class AccountData:
         self.store = store
         self.events = events
         self.notifier = notifier
+        # user -> whom they ignore, which every /sync and /messages filters
+        # by: dropped when the user's account data changes in any process
+        # (the notifier's observers); `_generation` keeps a read that raced
+        # with a change from being stored.
+        self._ignored: dict[str, frozenset[str]] = {}
+        self._generation = 0
+        notifier.observers.append(self._observe)
+
+    def _observe(self, stream: str | None, users: tuple[str, ...] | None) -> None:
+        if stream is None or users is None:
+            self._generation += 1
+            self._ignored.clear()
+        elif stream == "account_data":
+            self._generation += 1
+            for user_id in users:
+                self._ignored.pop(user_id, None)
+
+    async def ignored_users(self, user_id: str) -> frozenset[str]:
+        """The users `user_id` ignores (m.ignored_user_list)."""
+        return (await self.ignored_by([user_id]))[user_id]
+
+    async def ignored_by(self, user_ids: Collection[str]) -> dict[str, frozenset[str]]:
+        """Whom each of these users ignores: from the cache, the rest in one read."""
+        found = {u: self._ignored[u] for u in user_ids if u in self._ignored}
+        missing = [u for u in user_ids if u not in found]
+        if missing:
+            generation = self._generation
+            contents = await self.store.get_global_for_users(missing, IGNORED_USER_LIST)
+            loaded = {u: ignored_in(contents.get(u)) for u in missing}
+            if generation == self._generation:
+                self._ignored.update(loaded)
+            found.update(loaded)
+        return found
 
     async def get(self, user_id: str, room_id: str, data_type: str) -> JsonDict:
         """The content of one account data event (room_id '' for global); 404 if unset."""

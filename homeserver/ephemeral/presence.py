@@ -2,8 +2,10 @@
 
 A user's presence is shown to themselves and to the users they share a
 joined room with. Syncing marks a user online (or idle, with
-`set_presence=unavailable`) and records that they were seen; users not
-seen for `OFFLINE_AFTER_MS` go offline.
+`set_presence=unavailable`) and records that they were seen; so does
+activity (sending an event, a receipt or read markers), which brings an
+offline or idle user online, as Synapse's "bump active time" does; users
+not seen for `OFFLINE_AFTER_MS` go offline.
 
 Per the spec's `currently_active` rule, while a user stays online and
 currently active their last-active time is kept fresh in the database
@@ -22,6 +24,7 @@ from storage.cache import LRUCache
 from storage.ephemeral import PresenceChange, PresenceStore, UserPresence
 
 from ..errors import forbidden
+from ..rooms.writer import SentEvent
 from ..sync.notifier import Notifier
 from ..util import cancel_task, now_ms
 
@@ -65,7 +68,7 @@ class Presence:
         found = await self.store.get(user_id) if self.enabled else None
         if found is None:
             return {"presence": "offline"}
-        return _content(found, now_ms())
+        return presence_content(found, now_ms())
 
     # --------------------------------------------------------------- sync
 
@@ -77,7 +80,29 @@ class Presence:
         """
         if not self.enabled or set_presence == "offline":
             return
-        state = set_presence or "online"
+        await self._seen(user_id, set_presence or "online")
+
+    async def user_active(self, user_id: str) -> None:
+        """The user did something (sent a message, a receipt): they are online and active.
+
+        Free while this process saw them online and active within
+        ACTIVE_GRANULARITY_MS: no database round trip per message.
+        """
+        if self.enabled:
+            await self._seen(user_id, "online")
+
+    async def on_events(self, sent: list[SentEvent]) -> None:
+        """A RoomWriter listener: sending an event is activity of its sender, as
+        Synapse counts it (non-membership events sent by a client), so neither
+        membership (a profile change is carried into every room without the
+        user doing anything there) nor the events that create a room."""
+        if any(s.event.type == "m.room.create" for s in sent):
+            return
+        senders = {s.event.sender for s in sent if s.event.type != "m.room.member"}
+        for sender in senders:
+            await self.user_active(sender)
+
+    async def _seen(self, user_id: str, state: str) -> None:
         now = now_ms()
         if _fresh(self._recent.get(user_id), state, now):
             return
@@ -103,7 +128,7 @@ class Presence:
             user_id, from_pos, to_pos, include_offline=from_pos != 0
         )
         return [
-            {"type": "m.presence", "sender": p.user_id, "content": _content(p, now)} for p in changes
+            presence_event(p, now) for p in changes
         ]
 
     # ------------------------------------------------------------ writing
@@ -174,7 +199,12 @@ def _apply(
     return new, told
 
 
-def _content(presence: UserPresence, now: int) -> dict[str, Any]:
+def presence_event(presence: UserPresence, now: int) -> dict[str, Any]:
+    """The m.presence event of a user's presence at `now`."""
+    return {"type": "m.presence", "sender": presence.user_id, "content": presence_content(presence, now)}
+
+
+def presence_content(presence: UserPresence, now: int) -> dict[str, Any]:
     """The m.presence content, shaped as Synapse shapes it (currently_active only when online)."""
     content: dict[str, Any] = {"presence": presence.state}
     if presence.last_active_ts:

@@ -14,6 +14,12 @@ unread notifying actions, in the order they were stored, to the gateway's
 retried with exponential backoff (spec: "retry for a reasonable amount of
 time"); a notification still failing after `give_up_after` seconds is
 skipped. A pushkey the gateway lists in `rejected` loses its pusher.
+
+The gateway URL is the user's to choose, so requests go only to the
+addresses `ip_range_blacklist`/`ip_range_whitelist` allow (homeserver/net.py:
+never a private or otherwise non-public one unless whitelisted), without
+following redirects; a notification for a gateway at a refused address is
+skipped, not retried.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from typing import Any, Protocol
 
 import aiohttp
 from prometheus_client import Counter
+from yarl import URL
 
 from storage.engines import Database, PostgresDatabase
 from storage.events import EventStore
 from storage.push import PushAction, Pusher, PushStore
 
+from ..net import AddressPolicy, BlockedAddress, checking_connector, was_blocked
 from ..util import cancel_task
 from .rules import tweaks_of
 
@@ -39,7 +47,7 @@ PUSHES = Counter("homeserver_pushes_total", "Notifications sent to push gateways
 NOTIFY_PATH = "/_matrix/push/v1/notify"
 _BATCH = 20
 _ROOM_STATE = (("m.room.name", ""), ("m.room.canonical_alias", ""))
-_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('homeserver_pushers.' || current_schema()))"
+_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext(%s || '.' || current_schema()))"
 
 
 class Ownership(Protocol):
@@ -72,17 +80,17 @@ class _AdvisoryLock:
         await self.conn.close()
 
 
-async def take_ownership(db: Database) -> Ownership | None:
-    """Pusher ownership, if no other process holds it."""
+async def take_ownership(db: Database, name: str = "homeserver_pushers") -> Ownership | None:
+    """Ownership of the background work `name` (pushers by default), if no other process holds it."""
     if not isinstance(db, PostgresDatabase):
         return _SoleProcess()
     try:
-        conn = await db.dedicated_connection("homeserver-pushers")
+        conn = await db.dedicated_connection(name.replace("_", "-"))
     except Exception as exc:  # noqa: BLE001 - retried later
-        logger.warning("cannot connect to take pusher ownership: %s", exc)
+        logger.warning("cannot connect to take %s ownership: %s", name, exc)
         return None
     try:
-        cur = await conn.execute(_LOCK_SQL)
+        cur = await conn.execute(_LOCK_SQL, (name,))
         held = (await cur.fetchone())[0]
     except Exception:
         await conn.close()
@@ -104,10 +112,11 @@ class PusherPool:
     poll_interval = 1.0
     ownership_retry = 10.0
 
-    def __init__(self, db: Database, store: PushStore, events: EventStore) -> None:
+    def __init__(self, db: Database, store: PushStore, events: EventStore, policy: AddressPolicy) -> None:
         self.db = db
         self.store = store
         self.events = events
+        self.policy = policy
         self.is_owner = False
         self._pushers: dict[tuple[str, str, str], HttpPusher] = {}
         self._by_user: dict[str, set[tuple[str, str, str]]] = {}
@@ -116,7 +125,11 @@ class PusherPool:
         self._wake = asyncio.Event()
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.request_timeout))
+        self._session = aiohttp.ClientSession(
+            connector=checking_connector(self.policy),
+            timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+            trust_env=False,
+        )
         self._owner_task = asyncio.create_task(self._own(), name="pusher ownership")
 
     async def stop(self) -> None:
@@ -258,7 +271,12 @@ class HttpPusher:
             return True
         backoff, started = self.pool.initial_backoff, asyncio.get_running_loop().time()
         while True:
-            rejected = await self._post(body)
+            try:
+                rejected = await self._post(body)
+            except BlockedAddress as exc:
+                PUSHES.labels("blocked").inc()
+                logger.warning("not pushing %s to %s: %s", action.event_id, self.pusher.user_id, exc)
+                return True
             if rejected is not None:
                 PUSHES.labels("sent").inc()
                 if self.pusher.pushkey in rejected:
@@ -275,14 +293,22 @@ class HttpPusher:
             backoff = min(backoff * 2, self.pool.max_backoff)
 
     async def _post(self, body: dict[str, Any]) -> list[str] | None:
-        """POST to the gateway: the `rejected` pushkeys, or None on any failure."""
+        """POST to the gateway: the `rejected` pushkeys, or None on any failure;
+        BlockedAddress if the gateway is at an address that may not be connected to."""
         url = str(self.pusher.data.get("url"))
+        if not self.pool.policy.allows_host(URL(url).host or ""):
+            raise BlockedAddress(f"the push gateway {url} is at a blocked address")
         try:
-            async with self.pool.session.post(url, json=body) as resp:
+            async with self.pool.session.post(url, json=body, allow_redirects=False) as resp:
                 if resp.status // 100 != 2:
                     logger.info("push gateway %s answered %d", url, resp.status)
                     return None
                 answer = await resp.json(content_type=None)
+        except aiohttp.ClientConnectorError as exc:
+            if was_blocked(exc):
+                raise BlockedAddress(f"the push gateway {url} resolves only to blocked addresses") from None
+            logger.info("push gateway %s failed: %s", url, exc)
+            return None
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             logger.info("push gateway %s failed: %s", url, exc)
             return None

@@ -5,27 +5,41 @@ before /sync is woken, so counts arrive with the event) evaluates every
 local recipient's push rules, stores the actions that notify, and pokes the
 recipients' pushers. Users' compiled rulesets are cached (one query loads
 every missing member's rules) and dropped when the user changes them.
+
+Recipients, the member count and power levels are those of the room state
+after the event (its state group), so a member who joined later or had left
+is not notified; users who ignore the sender (`m.ignored_user_list`) are
+not either. What a state group says is cached (state groups never change).
+
+Push actions of redacted events are removed, so they stop counting. A
+background task, run by one process at a time, deletes the actions older
+than `keep_read_actions_ms` that their user has read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from storage import Storage
 from storage.cache import LRUCache
+from storage.events import Membership
 from storage.push import Notification, PushAction, Pusher, PushRuleNotFound
 
 from ..errors import MatrixError, invalid_param
 from ..events.model import Event
+from ..net import AddressPolicy
 from ..rooms.power_levels import CREATE_KEY, POWER_LEVELS_KEY, PowerLevels
 from ..rooms.visibility import filter_events_for_user
 from ..rooms.writer import SentEvent
 from ..sync.notifier import Notifier
-from ..util import now_ms
+from ..util import cancel_task, now_ms
 from .evaluator import CompiledRule, EventContext, RuleSet, compile_ruleset, evaluate
-from .pushers import PusherPool
+from .pushers import PusherPool, take_ownership
+from ..ephemeral.account_data import AccountData
 from .rules import (
     DEFAULT_RULES,
     PushRule,
@@ -43,15 +57,38 @@ logger = logging.getLogger(__name__)
 MAIN_THREAD = "main"
 # Spec: follow relations at most this far to find an event's thread.
 MAX_THREAD_HOPS = 3
+MEMBER = "m.room.member"
+_MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
+
+
+@dataclass(frozen=True)
+class _StateView:
+    """What evaluation needs of one state group."""
+
+    joined_count: int
+    # Joined local users and their display names.
+    local_members: dict[str, str | None]
+    power_levels: PowerLevels | None
 
 
 class PushService:
-    def __init__(self, storage: Storage, notifier: Notifier, server_name: str) -> None:
+    # Read actions older than this (milliseconds) are deleted, every
+    # `prune_interval` seconds; tests change them.
+    keep_read_actions_ms = 30 * 24 * 3600 * 1000
+    prune_interval = 3600.0
+
+    def __init__(
+        self, storage: Storage, notifier: Notifier, server_name: str, policy: AddressPolicy, account_data: AccountData
+    ) -> None:
+        self.db = storage.db
         self.store = storage.push
         self.events = storage.events
+        self.account_data = account_data
         self.notifier = notifier
         self.server_name = server_name
-        self.pushers = PusherPool(storage.db, self.store, self.events)
+        self.pushers = PusherPool(storage.db, self.store, self.events, policy)
+        self._state_views: LRUCache[int, _StateView] = LRUCache("push_state_views", 1000)
+        self._prune_task: asyncio.Task[None] | None = None
         self._rulesets: LRUCache[str, RuleSet] = LRUCache("push_rulesets", 100_000)
         self._invalidations = 0
         # Rule changes (by any process) up to this account-data position are
@@ -62,8 +99,11 @@ class PushService:
     async def start(self) -> None:
         self._rules_seen = await self.store.latest_rule_change()
         await self.pushers.start()
+        self._prune_task = asyncio.create_task(self._prune_regularly(), name="push action pruning")
 
     async def stop(self) -> None:
+        await cancel_task(self._prune_task)
+        self._prune_task = None
         await self.pushers.stop()
 
     def is_local(self, user_id: str) -> bool:
@@ -177,7 +217,8 @@ class PushService:
     # ----------------------------------------------------------- evaluation
 
     async def on_events(self, sent: list[SentEvent]) -> None:
-        """Room-writer listener: store push actions for new events, then poke pushers."""
+        """Room-writer listener: store push actions for new events, drop those of
+        the events they redact, then poke pushers."""
         by_room: dict[str, list[Event]] = {}
         positions: dict[str, int] = {}
         for item in sent:
@@ -189,6 +230,10 @@ class PushService:
             for room_id, events in by_room.items():
                 actions.extend(await self._evaluate_room(room_id, events, positions))
             await self.store.add_push_actions(actions)
+            for room_id, events in by_room.items():
+                redacted = [e.redacts for e in events if e.redacts is not None]
+                if redacted:
+                    await self.store.remove_push_actions(room_id, redacted)
         except Exception:
             # The events are committed; a push failure must not fail the send.
             logger.exception("evaluating push rules failed")
@@ -199,15 +244,23 @@ class PushService:
     async def _evaluate_room(
         self, room_id: str, events: list[Event], positions: dict[str, int]
     ) -> list[PushAction]:
-        members = await self.events.members_of_room(room_id, ("join",))
-        display_names = {m.user_id: m.displayname for m in members if self.is_local(m.user_id)}
-        power_levels = await self._power_levels(room_id)
-        recipients_of = {e.event_id: self._recipients(e, display_names) for e in events}
+        views = await self._state_views_of(room_id, events)
+        events = [e for e in events if e.event_id in views]
+        candidates = {
+            e.event_id: self._recipients(e, views[e.event_id].local_members) for e in events
+        }
+        everyone = list({u for r in candidates.values() for u in r})
+        ignoring = await self.account_data.ignored_by(everyone)
+        recipients_of = {
+            e.event_id: [u for u in candidates[e.event_id] if e.sender not in ignoring.get(u, ())]
+            for e in events
+        }
         rulesets = await self.rulesets_for(list({u for r in recipients_of.values() for u in r}))
         now = now_ms()
         actions: list[PushAction] = []
         for event in events:
-            ctx = EventContext(event, len(members), power_levels, display_names)
+            view = views[event.event_id]
+            ctx = EventContext(event, view.joined_count, view.power_levels, view.local_members)
             matched: list[tuple[str, CompiledRule]] = []
             for user_id in recipients_of[event.event_id]:
                 rule = evaluate(rulesets[user_id], ctx, user_id)
@@ -239,11 +292,48 @@ class PushService:
             users.append(target)
         return users
 
-    async def _power_levels(self, room_id: str) -> PowerLevels | None:
-        ids = await self.events.get_current_state_ids(room_id, [CREATE_KEY, POWER_LEVELS_KEY])
-        found = await self.events.get_events(ids.values())
-        state = {key: found[event_id] for key, event_id in ids.items() if event_id in found}
-        return PowerLevels.from_state(state) if CREATE_KEY in state else None
+    async def _state_views_of(self, room_id: str, events: list[Event]) -> dict[str, _StateView]:
+        """For each event (by ID): what the room state after it says."""
+        groups = {
+            event_id: group
+            for event_id, (_position, group) in (await self.events.get_positions([e.event_id for e in events])).items()
+        }
+        views = {g: v for g in set(groups.values()) if (v := self._state_views.get(g)) is not None}
+        missing = set(groups.values()) - views.keys()
+        if missing:
+            current = {m.user_id: m for m in await self.events.members_of_room(room_id, _MEMBERSHIPS)}
+            for group in missing:
+                views[group] = await self._state_view(group, current)
+                self._state_views.set(group, views[group])
+        return {event_id: views[group] for event_id, group in groups.items()}
+
+    async def _state_view(self, group: int, current: dict[str, Membership]) -> _StateView:
+        """Read a state group's members and power levels. Member events that are
+        still the current ones are known from `current` (the room's membership
+        rows); only the others are loaded."""
+        state = await self.events.get_state_group(group)
+        member_events = {key[1]: event_id for key, event_id in state.items() if key[0] == MEMBER}
+        known = {
+            user_id: (row.membership, row.displayname)
+            for user_id, event_id in member_events.items()
+            if (row := current.get(user_id)) is not None and row.event_id == event_id
+        }
+        levels_keys = [k for k in (CREATE_KEY, POWER_LEVELS_KEY) if k in state]
+        found = await self.events.get_events(
+            [*(e for u, e in member_events.items() if u not in known), *(state[k] for k in levels_keys)]
+        )
+        for user_id, event_id in member_events.items():
+            event = found.get(event_id)
+            if user_id not in known and event is not None:
+                name = event.content.get("displayname")
+                known[user_id] = (event.membership or "leave", name if isinstance(name, str) else None)
+        joined = {u: name for u, (membership, name) in known.items() if membership == "join"}
+        levels_state = {k: found[state[k]] for k in levels_keys if state[k] in found}
+        return _StateView(
+            len(joined),
+            {u: name for u, name in joined.items() if self.is_local(u)},
+            PowerLevels.from_state(levels_state) if CREATE_KEY in levels_state else None,
+        )
 
     async def _thread_of(self, event: Event) -> str:
         """The thread the event belongs to: its m.thread root, found through at most
@@ -297,19 +387,48 @@ class PushService:
             user_id, before=before, limit=limit, only_highlight=only_highlight
         )
         found = await self.events.get_events([n.event_id for n in page])
+        ignored = await self.account_data.ignored_users(user_id)
         # The user's own invite is theirs to see (sync shows it too), whatever
-        # the room's history visibility; everything else is filtered.
+        # the room's history visibility, unless an ignored user sent it;
+        # everything else is filtered.
         own_invites = {
-            e.event_id: e for e in found.values() if e.membership == "invite" and e.state_key == user_id
+            e.event_id: e
+            for e in found.values()
+            if e.membership == "invite" and e.state_key == user_id and e.sender not in ignored
         }
-        others = [e for e in found.values() if e.event_id not in own_invites]
+        others = [e for e in found.values() if e.membership != "invite" or e.state_key != user_id]
         visible = {
             **own_invites,
-            **{e.event_id: e for e in await filter_events_for_user(self.events, user_id, others)},
+            **{
+                e.event_id: e
+                for e in await filter_events_for_user(self.events, user_id, others, ignored=ignored)
+            },
         }
         entries = [(n, visible[n.event_id]) for n in page if n.event_id in visible]
         next_before = page[-1].push_position if len(page) == limit else None
         return entries, next_before
+
+    # ---------------------------------------------------------- housekeeping
+
+    async def prune_push_actions(self) -> int:
+        """Delete the read actions older than `keep_read_actions_ms`; how many."""
+        return await self.store.prune_read_push_actions(now_ms() - self.keep_read_actions_ms)
+
+    async def _prune_regularly(self) -> None:
+        while True:
+            await asyncio.sleep(self.prune_interval)
+            try:
+                # One process at a time (any one: the work is the same).
+                ownership = await take_ownership(self.db, "homeserver_push_pruning")
+                if ownership is None:
+                    continue
+                try:
+                    deleted = await self.prune_push_actions()
+                finally:
+                    await ownership.release()
+                logger.info("deleted %d read push actions", deleted)
+            except Exception:
+                logger.exception("pruning push actions failed")
 
     # -------------------------------------------------------------- pushers
 

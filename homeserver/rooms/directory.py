@@ -13,7 +13,7 @@ import binascii
 import bisect
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -158,6 +158,12 @@ class Directory:
         self.store = storage.directory
         self.rooms = rooms
         self.server_name = server_name
+        # Hooks (the application services): `check_alias_namespace(alias,
+        # appservice_id)` raises M_EXCLUSIVE for an alias the requester may
+        # not create or delete; `query_alias(alias)` asks the service whose
+        # namespace holds an unknown alias, True if it created it.
+        self.check_alias_namespace: Callable[[str, str | None], None] | None = None
+        self.query_alias: Callable[[str], Awaitable[bool]] | None = None
 
     # ------------------------------------------------------------- aliases
 
@@ -180,6 +186,8 @@ class Directory:
                 " federation, which is not enabled"
             )
         mapping = await self.store.get_alias(alias)
+        if mapping is None and self.query_alias is not None and await self.query_alias(alias):
+            mapping = await self.store.get_alias(alias)
         if mapping is None:
             raise not_found(f"Room alias {alias} not found")
         return mapping.room_id
@@ -193,6 +201,7 @@ class Directory:
     async def create_alias(self, requester: Requester, alias: str, room_id: str) -> None:
         """PUT /directory/room: joined members (and server admins) may add aliases."""
         self.check_local_alias(alias)
+        self._check_namespace(alias, requester.app_service_id)
         await self.rooms.require_room(room_id)
         if not requester.admin:
             membership = await self.rooms.membership(room_id, requester.user_id)
@@ -205,6 +214,7 @@ class Directory:
     async def delete_alias(self, requester: Requester, alias: str) -> None:
         """DELETE /directory/room: the alias' creator, or who may edit the room's directory entry."""
         self.check_local_alias(alias)
+        self._check_namespace(alias, requester.app_service_id)
         mapping = await self.store.get_alias(alias)
         if mapping is None:
             raise not_found(f"Room alias {alias} not found")
@@ -267,11 +277,18 @@ class Directory:
                     raise forbidden("You are not a member of the room")
         return await self.store.aliases_for_room(room_id)
 
-    async def create_room(self, user_id: str, body: dict[str, Any]) -> str:
+    def _check_namespace(self, alias: str, appservice_id: str | None) -> None:
+        if self.check_alias_namespace is not None:
+            self.check_alias_namespace(alias, appservice_id)
+
+    async def create_room(
+        self, user_id: str, body: dict[str, Any], *, appservice_id: str | None = None
+    ) -> str:
         """createRoom; `room_alias_name` is reserved first, so a taken alias creates no room."""
         alias = self._new_room_alias(body)
         if alias is None:
             return await self.rooms.create_room(user_id, body)
+        self._check_namespace(alias, appservice_id)
         now = now_ms()
         if not await self.store.reserve_alias(alias, user_id, now, now - ALIAS_RESERVATION_TTL_MS):
             raise MatrixError(400, "M_ROOM_IN_USE", f"Room alias {alias} is already taken")

@@ -1,6 +1,7 @@
 """Reading a room's history: /messages, /context, /members, timestamp_to_event.
 
-Every event handed out passes history visibility (`filter_events_for_user`).
+Every event handed out passes history visibility (`filter_events_for_user`),
+which also hides what the reader's ignored users sent.
 A user who left (or was banned) sees the room as it was when they left:
 pages, contexts and member lists stop at their leave event. Pages are
 range reads in (topological_ordering, stream_ordering) order; the filter's
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from storage import Storage
 from storage.history import START_KEY, EventMatch, Key
@@ -21,7 +23,10 @@ from ..events.model import Event
 from ..sync.filters import RoomEventFilter
 from ..sync.tokens import PaginationToken, TopologicalToken
 from .service import Rooms
-from .visibility import filter_events_for_user
+from .visibility import filter_events_for_user, is_ignored
+
+if TYPE_CHECKING:
+    from ..ephemeral.account_data import AccountData
 
 DEFAULT_LIMIT = 10
 # Reads per page when history visibility hides what was read.
@@ -61,6 +66,9 @@ class _Reader:
     membership: str | None
     # For a user who left or was banned: the position of that event.
     left_at: Key | None
+    ignored: frozenset[str] = frozenset()
+    # A server admin reading through the admin API: sees every event.
+    sees_all: bool = False
 
     @property
     def joined(self) -> bool:
@@ -82,9 +90,10 @@ def _token(key: Key) -> str:
 
 
 class RoomHistory:
-    def __init__(self, storage: Storage, rooms: Rooms) -> None:
+    def __init__(self, storage: Storage, rooms: Rooms, account_data: AccountData) -> None:
         self.events = storage.events
         self.history = storage.history
+        self.account_data = account_data
         self.rooms = rooms
 
     # ------------------------------------------------------------ helpers
@@ -92,15 +101,16 @@ class RoomHistory:
     async def _reader(self, user_id: str, room_id: str) -> _Reader:
         """403 unless the user may read the room (Rooms.check_can_read)."""
         membership = await self.rooms.check_can_read(user_id, room_id)
+        ignored = await self.account_data.ignored_users(user_id)
         if membership is None:
-            return _Reader(user_id, None, None)
+            return _Reader(user_id, None, None, ignored)
         left_at = None
         if membership.membership in ("leave", "ban"):
             position, _group = (await self.events.get_positions([membership.event_id]))[
                 membership.event_id
             ]
             left_at = (position.topological_ordering, position.stream_ordering)
-        return _Reader(user_id, membership.membership, left_at)
+        return _Reader(user_id, membership.membership, left_at, ignored)
 
     async def _key(self, room_id: str, token: PaginationToken) -> Key:
         if isinstance(token, TopologicalToken):
@@ -108,8 +118,10 @@ class RoomHistory:
         return await self.history.key_at_stream(room_id, token.events)
 
     async def _visible(self, reader: _Reader, room_id: str, events: list[Event]) -> list[Event]:
+        if reader.sees_all:
+            return events
         return await filter_events_for_user(
-            self.events, reader.user_id, events, joined_now={room_id: reader.joined}
+            self.events, reader.user_id, events, joined_now={room_id: reader.joined}, ignored=reader.ignored
         )
 
     async def _page(
@@ -179,8 +191,14 @@ class RoomHistory:
         to_token: PaginationToken | None,
         limit: int | None,
         event_filter: RoomEventFilter,
+        as_admin: bool = False,
     ) -> MessagesPage:
-        reader = await self._reader(user_id, room_id)
+        """A page of history; `as_admin` (the admin API) reads every event of any room."""
+        if as_admin:
+            await self.rooms.require_room(room_id)
+            reader = _Reader(user_id, None, None, sees_all=True)
+        else:
+            reader = await self._reader(user_id, room_id)
         given = await self._key(room_id, from_token) if from_token is not None else None
         if given is not None:
             from_key = given
@@ -220,6 +238,8 @@ class RoomHistory:
         # the member may not see is one that does not exist (404).
         reader = await self._reader(user_id, room_id)
         event = await self.rooms.visible_event(user_id, room_id, event_id)
+        if is_ignored(event, reader.ignored):
+            raise not_found("Event not found")
         position, _group = (await self.events.get_positions([event_id]))[event_id]
         topological, stream = position.topological_ordering, position.stream_ordering
         match = event_filter.match_for(room_id)

@@ -1,4 +1,5 @@
-"""Reading relations: an event's children (`/relations`) and a room's threads (`/threads`).
+"""Relations: an event's children (`/relations`), a room's threads (`/threads`),
+and the checks a new relation must pass before it is sent.
 
 Pagination tokens are those of `/messages` and `/sync` (`homeserver.sync.tokens`):
 a token names the gap just after an event, so a backwards page starts
@@ -8,9 +9,11 @@ with the event before the gap and a forwards page with the one after it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from storage import Storage
-from storage.relations import Position, RelatedEvent
+from storage.engines import Transaction
+from storage.relations import Position, RelatedEvent, RelationStore
 
 from ..errors import MatrixError, forbidden, invalid_param, not_found
 from ..events.model import Event
@@ -20,12 +23,46 @@ from ..sync.tokens import (
     TopologicalToken,
     parse_pagination_token,
 )
-from .service import Rooms
 from .visibility import filter_events_for_user
+
+if TYPE_CHECKING:
+    from .service import Rooms
+    from .writer import EventRequest, RoomHead
 
 # Spec: "Homeservers SHOULD traverse at least 3 levels of relationships".
 MAX_RECURSION_DEPTH = 3
 MAX_LIMIT = 100
+
+
+async def check_new_relation(txn: Transaction, head: RoomHead, request: EventRequest) -> None:
+    """Refuse a relation this server will not send (a `WriteCheck`, run under the room's lock).
+
+    As Synapse does: the target, when known, must be in the same room
+    (400); an annotation needs a string `key`, and a second one with the
+    same type and key from the same sender is refused with 400
+    M_DUPLICATE_ANNOTATION until the first is redacted (spec: avoiding
+    duplicate annotations); a thread cannot start from an event that
+    itself relates to another, a thread reply included (spec: 400 M_UNKNOWN).
+    """
+    relates = request.content.get("m.relates_to")
+    if not isinstance(relates, dict):
+        return
+    parent_id, rel_type = relates.get("event_id"), relates.get("rel_type")
+    if not isinstance(parent_id, str) or not isinstance(rel_type, str):
+        return  # not a relation (a reply's m.in_reply_to, or malformed): nothing to check
+    if "\x00" in parent_id + rel_type:
+        return  # names nothing: stored as no relation (see storage.events)
+    if rel_type == "m.annotation" and (not isinstance(relates.get("key"), str) or "\x00" in relates["key"]):
+        raise invalid_param("An annotation needs a string 'key' (without NUL characters)")
+    parent = await RelationStore.relation_parent_txn(txn, parent_id)
+    if parent is not None and parent.room_id != head.room_id:
+        raise MatrixError(400, "M_UNKNOWN", "Relations must be in the same room")
+    if rel_type == "m.annotation" and await RelationStore.has_annotation_txn(
+        txn, head.room_id, parent_id, request.sender, request.type, relates["key"]
+    ):
+        raise MatrixError(400, "M_DUPLICATE_ANNOTATION", "You already sent this annotation")
+    if rel_type == "m.thread" and parent is not None and parent.relation_type is not None:
+        raise MatrixError(400, "M_UNKNOWN", "Cannot start a thread from an event with a relation")
 
 
 def parse_position(token: str) -> Position:

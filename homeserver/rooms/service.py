@@ -9,8 +9,8 @@ every joined room.
 
 from __future__ import annotations
 
-import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from storage import Storage
@@ -23,6 +23,7 @@ from ..ids import split_user_id
 from .creation import RoomCreator, invite_content, profile_content
 from .directory import CANONICAL_ALIAS_TYPE, check_canonical_alias
 from .power_levels import CREATE_KEY, POWER_LEVELS_KEY, PowerLevels
+from .relations import check_new_relation
 from .visibility import HISTORY_KEY, filter_events_for_user
 from .writer import EventRequest, RoomHead, RoomWriter
 
@@ -44,6 +45,9 @@ class Rooms:
         self.writer = writer
         self.creator = RoomCreator(storage, writer, server_name)
         self.server_name = server_name
+        # Hook (the application services): asks the service whose namespace
+        # holds an unknown local user to create it; True if the user exists.
+        self.query_user: Callable[[str], Awaitable[bool]] | None = None
 
     # ------------------------------------------------------------- helpers
 
@@ -58,6 +62,12 @@ class Rooms:
         self.check_room_id(room_id)
         if not await self.room_exists(room_id):
             raise not_found("Unknown room")
+
+    async def _invitee_content(self, user_id: str) -> dict[str, Any]:
+        """`invite_content`, once the application service owning an unknown invitee was asked."""
+        if self.query_user is not None:
+            await self.query_user(user_id)
+        return await invite_content(self.storage, self.server_name, user_id)
 
     async def member_content(self, user_id: str) -> dict[str, Any]:
         """The profile fields a member event carries."""
@@ -84,7 +94,7 @@ class Rooms:
             body,
             await self.member_content(user_id),
             canonical_alias,
-            invitee_content=functools.partial(invite_content, self.storage, self.server_name),
+            invitee_content=self._invitee_content,
         )
         logger.info("%s created %s", user_id, room_id)
         return room_id
@@ -101,7 +111,9 @@ class Rooms:
         state_key: str | None = None,
         txn_id: str | None = None,
         device_id: str | None = None,
+        origin_server_ts: int | None = None,
     ) -> str:
+        """Send an event; `origin_server_ts` (an application service's `?ts=`) overrides the clock."""
         await self.require_room(room_id)
         if event_type == "m.room.redaction":
             raise invalid_param("Use /redact to redact events")
@@ -113,7 +125,13 @@ class Rooms:
             await check_canonical_alias(self, room_id, content)
         sent = await self.writer.write(
             room_id,
-            [EventRequest(event_type, user_id, content, state_key, txn_id, device_id)],
+            [
+                EventRequest(
+                    event_type, user_id, content, state_key, txn_id, device_id,
+                    origin_server_ts=origin_server_ts,
+                )
+            ],
+            check=check_new_relation,
         )
         return sent[0].event.event_id
 
@@ -164,6 +182,16 @@ class Rooms:
     async def membership(self, room_id: str, user_id: str) -> Membership | None:
         return await self.events.get_membership(room_id, user_id)
 
+    async def leave_all(self, user_id: str) -> None:
+        """Leave every room the user is in, invited to or knocking on (a
+        deactivated account), as Synapse does; one room failing does not stop
+        the others."""
+        for membership in await self.storage.events.rooms_for_user(user_id, ("join", "invite", "knock")):
+            try:
+                await self.update_membership(user_id, membership.room_id, user_id, "leave")
+            except MatrixError as err:
+                logger.warning("%s could not leave %s: %s", user_id, membership.room_id, err.error)
+
     async def update_membership(
         self,
         sender: str,
@@ -175,14 +203,22 @@ class Rooms:
         extra: dict[str, Any] | None = None,
         require_current: tuple[str, ...] | None = None,
         guest: bool = False,
+        origin_server_ts: int | None = None,
     ) -> str:
         """Send an m.room.member event for `target`; the auth rules decide if it is allowed.
 
         `require_current` lists the memberships the target must have now
         (unban: a ban; kick: in the room), for a clearer refusal than the
         auth rules would give. `guest` says the sender is a guest, who may
-        only join rooms that let guests in.
+        only join rooms that let guests in. `origin_server_ts` (an
+        application service's `?ts=`) overrides the clock.
         """
+        self.check_room_id(room_id)
+        if membership in ("join", "invite", "knock") and (
+            await self.storage.admin_rooms.room_blocked_by(room_id) is not None
+        ):
+            # Blocked by a server admin (homeserver/admin/rooms.py): nobody gets in.
+            raise forbidden("This room has been blocked on this server")
         await self.require_room(room_id)
         if split_user_id(target) is None:
             raise invalid_param(f"Invalid user ID: {target!r}")
@@ -193,7 +229,7 @@ class Rooms:
             raise forbidden(f"{target} is not {' or '.join(require_current)} in this room")
         content: dict[str, Any] = {"membership": membership}
         if membership == "invite":
-            content.update(await invite_content(self.storage, self.server_name, target))
+            content.update(await self._invitee_content(target))
         elif membership in ("join", "knock"):
             content.update(await self.member_content(target))
         if membership == "join" and current is not None and current.membership == "join" and not extra:
@@ -213,7 +249,12 @@ class Rooms:
             if authoriser is not None:
                 content["join_authorised_via_users_server"] = authoriser
         sent = await self.writer.write(
-            room_id, [EventRequest("m.room.member", sender, content, state_key=target)]
+            room_id,
+            [
+                EventRequest(
+                    "m.room.member", sender, content, state_key=target, origin_server_ts=origin_server_ts
+                )
+            ],
         )
         return sent[0].event.event_id
 

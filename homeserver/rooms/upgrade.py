@@ -7,6 +7,15 @@ aliases move; the old room gets an m.room.tombstone and power levels that
 stop ordinary members from talking or inviting. Nobody is invited: members
 follow the tombstone.
 
+One upgrade of a room runs at a time, across processes: a row in
+`room_upgrades` claims the room. As Synapse answers from a response cache
+kept for five minutes, the upgrader repeating their request (a
+double-clicked button, a retry) gets the same replacement room while the
+upgrade runs in this process or for `UPGRADE_WINDOW_MS` after it ended;
+anyone else gets 400 M_UNKNOWN then, so requests racing each other make
+one new room. (A claim never finished, from a process that died, is
+taken over once that long has passed.)
+
 The upgrader may need more power in the new room than they had in the old
 one to copy every state event; they get it while the room is built and
 their old level back at the end. In v12+ rooms the upgrader is the creator
@@ -83,6 +92,8 @@ V12_TOMBSTONE_LEVEL = 150
 # Ordinary members of the old room stop talking and inviting at max(this, users_default + 1).
 RESTRICTED_LEVEL = 50
 TOMBSTONE_BODY = "This room has been replaced"
+# How long a finished upgrade answers repeats, and a claim never finished holds.
+UPGRADE_WINDOW_MS = 5 * 60_000
 
 
 def _int_level(content: dict[str, Any], key: str, default: int) -> int:
@@ -97,9 +108,8 @@ class RoomUpgrader:
         self.directory = storage.directory
         self.rooms = rooms
         self.writer = writer
-        # One upgrade of a room at a time in this process (a double-clicked
-        # button would otherwise make two replacement rooms at once).
-        self._locks: dict[str, asyncio.Lock] = {}
+        # The upgrades under way in this process, by room and upgrader.
+        self._running: dict[tuple[str, str], asyncio.Future[str]] = {}
 
     async def upgrade(
         self,
@@ -116,13 +126,39 @@ class RoomUpgrader:
             )
         extra_creators = self._additional_creators(user_id, version, additional_creators or [])
         await self.rooms.require_room(room_id)
-        lock = self._locks.setdefault(room_id, asyncio.Lock())
+        key = (room_id, user_id)
+        running = self._running.get(key)
+        if running is None:
+            running = asyncio.ensure_future(
+                self._claimed_upgrade(user_id, room_id, version, extra_creators)
+            )
+            self._running[key] = running
+            running.add_done_callback(lambda _: self._running.pop(key, None))
+        # Shielded: the upgrade finishes for the others if one request goes away.
+        return await asyncio.shield(running)
+
+    async def _claimed_upgrade(
+        self, user_id: str, room_id: str, version: RoomVersion, extra_creators: list[str]
+    ) -> str:
+        claimed_at = now_ms()
+        other = await self.events.claim_room_upgrade(
+            room_id, user_id, claimed_at, claimed_at - UPGRADE_WINDOW_MS
+        )
+        if other is not None:
+            upgrader, replacement = other
+            if replacement is None:
+                raise MatrixError(400, "M_UNKNOWN", "An upgrade of this room is already in progress")
+            if upgrader != user_id:
+                raise MatrixError(400, "M_UNKNOWN", f"This room was just upgraded to {replacement}")
+            return replacement
+        new_room_id = None
         try:
-            async with lock:
-                return await self._upgrade(user_id, room_id, version, extra_creators)
+            new_room_id = await self._upgrade(user_id, room_id, version, extra_creators)
+            return new_room_id
         finally:
-            if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
-                self._locks.pop(room_id, None)
+            await self.events.end_room_upgrade(
+                room_id, user_id, claimed_at, new_room_id, now_ms()
+            )
 
     @staticmethod
     def _additional_creators(user_id: str, version: RoomVersion, requested: list[str]) -> list[str]:

