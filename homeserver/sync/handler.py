@@ -66,7 +66,7 @@ class _RoomTimeline:
 
 
 @dataclass(frozen=True)
-class _Request:
+class SyncRequest:
     """Who is syncing, from which device, with which filter, and under
     which key rooms carry their state: "state" (at the start of the
     timeline) or a `state_after` name (at its end, MSC4222)."""
@@ -153,22 +153,22 @@ class SyncHandler:
         `state_key` is "state", or STATE_AFTER / UNSTABLE_STATE_AFTER for
         the state at the end of each timeline (MSC4222) under that key."""
         user_id = requester.user_id
-        request = _Request(user_id, requester.device_id, sync_filter, state_key)
+        request = SyncRequest(user_id, requester.device_id, sync_filter, state_key)
         await self.hs.presence.set_from_sync(user_id, set_presence)
         if since is not None:
-            since = await self._catch_up(since)
+            since = await self.catch_up(since)
         if since is None or full_state:
             # Nothing to wait for. The token is taken before the rooms are
             # read, so every change up to it is in what is read.
             now = self.notifier.current_token()
-            memberships = await self._memberships(user_id, now)
+            memberships = await self.memberships(user_id, now)
             return await self._finish(request, await self._build(request, memberships, since, now, full_state))
         deadline = time.monotonic() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
         # The rooms to wait on: those of the user's last sync, where known
         # (checked below against the rooms read after the token is taken).
         rooms = self._joined_hint.get(user_id)
         if rooms is None:
-            rooms = _joined_ids(await self._memberships(user_id, self.notifier.current_token()))
+            rooms = _joined_ids(await self.memberships(user_id, self.notifier.current_token()))
         while True:
             # Registered before the token is taken: a change notified before
             # this is within the token (so in this build), one notified after
@@ -178,7 +178,7 @@ class SyncHandler:
             self.notifier.register(waiter)
             try:
                 now = self.notifier.current_token()
-                memberships = await self._memberships(user_id, now)
+                memberships = await self.memberships(user_id, now)
                 joined = _joined_ids(memberships)
                 self._joined_hint[user_id] = joined
                 if not joined <= rooms:
@@ -199,7 +199,7 @@ class SyncHandler:
             rooms = joined
             await asyncio.sleep(0)
 
-    async def _finish(self, request: _Request, result: SyncResult) -> dict[str, Any]:
+    async def _finish(self, request: SyncRequest, result: SyncResult) -> dict[str, Any]:
         """The body to send: with the device's key counts, which change
         without a stream position (another user's claim), so they are read
         for every response, but not for builds that are not sent."""
@@ -211,7 +211,7 @@ class SyncHandler:
         result.body["device_unused_fallback_key_types"] = fallback
         return result.body
 
-    async def _memberships(self, user_id: str, now: StreamToken) -> list[Membership]:
+    async def memberships(self, user_id: str, now: StreamToken) -> list[Membership]:
         """The user's memberships as they stood at `now`.
 
         Rows read after the token was taken may hold changes past it: those
@@ -277,7 +277,7 @@ class SyncHandler:
                 newly.add(m.room_id)
         return newly
 
-    async def _catch_up(self, since: StreamToken) -> StreamToken:
+    async def catch_up(self, since: StreamToken) -> StreamToken:
         """`since`, once this process knows of everything before it.
 
         Behind a load balancer a client may bring a token from a process that
@@ -299,7 +299,7 @@ class SyncHandler:
 
     async def _build(
         self,
-        request: _Request,
+        request: SyncRequest,
         memberships: list[Membership],
         since: StreamToken | None,
         now: StreamToken,
@@ -332,7 +332,7 @@ class SyncHandler:
         )
 
         ephemeral = await self._ephemeral(user_id, joined_ids, since, now)
-        global_data, room_data = await self._account_data(user_id, since, now)
+        global_data, room_data = await self.account_data_updates(user_id, since, now)
         # The summary is sent when it can have changed: new to the client, or members changed.
         summaries = await self.store.member_summaries(
             [r for r in joined_ids if r in newly or changed_events.get(r, False)], user_id
@@ -400,11 +400,11 @@ class SyncHandler:
                 if invite is not None and invite.sender in request.ignored:
                     continue  # never shown (spec: Ignoring Users)
                 invite_sections[membership.room_id] = {
-                    "invite_state": {"events": await self._stripped_state(membership)}
+                    "invite_state": {"events": await self.stripped_state(membership)}
                 }
             elif membership.membership == "knock":
                 knock_sections[membership.room_id] = {
-                    "knock_state": {"events": await self._stripped_state(membership)}
+                    "knock_state": {"events": await self.stripped_state(membership)}
                 }
             elif membership.membership in ("leave", "ban"):
                 timeline_section, state_events = await self._room_timeline_and_state(
@@ -456,7 +456,7 @@ class SyncHandler:
 
     async def _e2ee(
         self,
-        request: _Request,
+        request: SyncRequest,
         memberships: list[Membership],
         since: StreamToken | None,
         now: StreamToken,
@@ -515,7 +515,7 @@ class SyncHandler:
 
     async def _room_timeline_and_state(
         self,
-        request: _Request,
+        request: SyncRequest,
         room_id: str,
         since: StreamToken | None,
         now: StreamToken,
@@ -545,7 +545,7 @@ class SyncHandler:
         rows = list(reversed(rows[:limit]))
         found = await self.events.get_events(r.event_id for r in rows)
         events = [found[r.event_id] for r in rows if r.event_id in found]
-        timeline = await self._visible(request, events, joined=left is None)
+        timeline = await self.visible(request, events, joined=left is None)
         if left is not None and events and events[-1].event_id == left.event_id and (
             not timeline or timeline[-1].event_id != left.event_id
         ):
@@ -565,11 +565,11 @@ class SyncHandler:
             if rows and match == EventMatch():
                 state = await self.events.get_state_group(rows[-1].state_group)
             else:
-                state = await self._state_at(room_id, upper)
+                state = await self.state_at(room_id, upper)
         elif rows:
             state = await self._state_before(rows[0].state_group, events[0] if events else None)
         else:
-            state = await self._state_at(room_id, upper)
+            state = await self.state_at(room_id, upper)
         # Against what the client had.
         if full_state or since is None:
             delta = state
@@ -579,7 +579,7 @@ class SyncHandler:
             # state_after the timeline's own state events count for nothing
             # (the client applies only state_after), so the delta is always
             # taken, which also carries what state resolution decided.
-            before = await self._state_at(room_id, since.events)
+            before = await self.state_at(room_id, since.events)
             delta = {k: v for k, v in state.items() if before.get(k) != v}
         else:
             delta = {}
@@ -595,11 +595,11 @@ class SyncHandler:
         state_events = [state_found[i] for i in state_ids if i in state_found]
         state_events = [e for e in state_events if state_filter.matches(e)]
         timeline_json = {
-            "events": await self._serialize(request, timeline),
+            "events": await self.serialize(request, timeline),
             "limited": limited,
             "prev_batch": prev_batch,
         }
-        return timeline_json, {"events": await self._serialize(request, state_events)}
+        return timeline_json, {"events": await self.serialize(request, state_events)}
 
     @staticmethod
     def _lazy_members(
@@ -636,7 +636,7 @@ class SyncHandler:
                 kept[key] = state[key]
         return kept
 
-    async def _state_at(self, room_id: str, stream: int) -> StateMap:
+    async def state_at(self, room_id: str, stream: int) -> StateMap:
         """The room's state after its last event at or before `stream`."""
         group = await self.store.state_group_at_stream(room_id, stream)
         return await self.events.get_state_group(group) if group is not None else {}
@@ -651,7 +651,7 @@ class SyncHandler:
                 state.pop(first.state_tuple, None)
         return state
 
-    async def _visible(self, request: _Request, events: list[Event], *, joined: bool) -> list[Event]:
+    async def visible(self, request: SyncRequest, events: list[Event], *, joined: bool) -> list[Event]:
         if not events:
             return []
         return await filter_events_for_user(
@@ -659,14 +659,14 @@ class SyncHandler:
             ignored=request.ignored,
         )
 
-    async def _serialize(self, request: _Request, events: list[Event]) -> list[dict[str, Any]]:
+    async def serialize(self, request: SyncRequest, events: list[Event]) -> list[dict[str, Any]]:
         if request.filter.event_format == "federation":
             return [{**e.pdu, "event_id": e.event_id} for e in events]
         return await self.hs.serializer.serialize(
             events, device=(request.user_id, request.device_id), include_room_id=False
         )
 
-    async def _stripped_state(self, membership: Membership) -> list[dict[str, Any]]:
+    async def stripped_state(self, membership: Membership) -> list[dict[str, Any]]:
         """What an invitee or knocker sees of the room: a few state events, stripped."""
         positions = await self.events.get_positions([membership.event_id])
         if membership.event_id not in positions:
@@ -703,7 +703,7 @@ class SyncHandler:
                 result.setdefault(room_id, []).append(event)
         return result
 
-    async def _account_data(
+    async def account_data_updates(
         self, user_id: str, since: StreamToken | None, now: StreamToken
     ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
         if not _moved(since, now, "account_data"):
