@@ -51,6 +51,7 @@ from .rooms.writer import RoomWriter, SentEvent
 from .search.service import MessageSearch
 from .search.user_directory import UserDirectory
 from .sync.handler import SyncHandler
+from .sync.sliding import SlidingSyncHandler
 from .sync.notifier import Notifier
 from .sync.pgnotify import PgNotifyBridge
 from .http import COMPRESS_KEY, MAX_BODY_KEY, X_FORWARDED_KEY, Router, request_middleware
@@ -99,6 +100,7 @@ class HomeServer:
         self.accounts.device_listeners.append(self.device_lists.notify)
         self.accounts.deactivation_listeners.append(self.rooms.leave_all)
         self.sync_handler = SyncHandler(self)
+        self.sliding_sync = SlidingSyncHandler(self)
         # Other processes on this PostgreSQL database hear of our changes, and we of theirs.
         self.pg_notify = (
             PgNotifyBridge(self.db, self.notifier)

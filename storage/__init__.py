@@ -25,6 +25,7 @@ from .registration import RegistrationStore
 from .relations import RelationStore
 from .reports import ReportStore
 from .search import SearchStore
+from .sliding_sync import SlidingSyncStore
 from .sync import SyncStore
 from .spaces import SpaceStore
 from .uia import UIAStore
@@ -73,6 +74,7 @@ class Storage:
         self.reports = ReportStore(db)
         self.push = PushStore(db)
         self.sync = SyncStore(db)
+        self.sliding_sync = SlidingSyncStore(db)
         self.spaces = SpaceStore(db)
         self.account_data = AccountDataStore(db)
         self.receipts = ReceiptStore(db)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from .e2ee import E2EStore
 from .engines import Database, Transaction
+from .sliding_sync import SlidingSyncStore
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class DeviceStore:
         await txn.executemany("DELETE FROM devices WHERE user_id = ? AND device_id = ?", rows)
         await txn.executemany("DELETE FROM pushers WHERE user_id = ? AND device_id = ?", rows)
         await E2EStore.delete_devices_txn(txn, user_id, device_ids)
+        await SlidingSyncStore.delete_devices_txn(txn, user_id, device_ids)
         return await E2EStore.device_list_changed_txn(txn, (user_id,))
 
     @staticmethod

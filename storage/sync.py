@@ -92,6 +92,30 @@ class SyncStore:
             (room_id, stream),
         )
 
+    async def room_activity(
+        self, room_ids: Sequence[str], to_stream: int, bump_types: Sequence[str]
+    ) -> dict[str, tuple[int, int | None]]:
+        """{room: (position of its last event, of its last event of one of
+        `bump_types`)}, both at or before `to_stream`: two backward index
+        probes per room, in one query per batch."""
+        result: dict[str, tuple[int, int | None]] = {}
+        for batch in batches(room_ids):
+            rows = await self.db.fetchall(
+                "sync_room_activity",
+                "SELECT r.room_id,"
+                " (SELECT stream_ordering FROM events e WHERE e.room_id = r.room_id AND e.stream_ordering <= ?"
+                "  ORDER BY stream_ordering DESC LIMIT 1),"
+                " (SELECT stream_ordering FROM events e WHERE e.room_id = r.room_id AND e.stream_ordering <= ?"
+                f"  AND e.type IN ({placeholders(len(bump_types))}) AND NOT e.rejected"
+                "  ORDER BY stream_ordering DESC LIMIT 1)"
+                f" FROM rooms r WHERE r.room_id IN ({placeholders(len(batch))})",
+                (to_stream, to_stream, *bump_types, *batch),
+            )
+            for room_id, last, bump in rows:
+                if last is not None:
+                    result[room_id] = (last, bump)
+        return result
+
     async def member_summaries(
         self, room_ids: Sequence[str], user_id: str, heroes: int = 5
     ) -> dict[str, tuple[int, int, list[str]]]:

@@ -1,4 +1,4 @@
-"""GET /sync and the filter API."""
+"""GET /sync, Simplified Sliding Sync (POST) and the filter API."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..errors import MatrixError, forbidden, invalid_param, not_found
 from ..http import Router, json_response, query_int, read_json
 from ..sync.filters import Filter
 from ..sync.handler import STATE_AFTER, UNSTABLE_STATE_AFTER
+from ..sync.sliding import SlidingRequest
 from ..sync.tokens import InvalidToken, StreamToken
 from ..util import cancel_task
 
@@ -135,6 +136,23 @@ def register(router: Router, hs: HomeServer) -> None:
                 del polls[closing]
         return json_response(body)
 
+    async def sliding_sync(request: web.Request, *, legacy: bool) -> web.Response:
+        requester = await hs.auth.get_requester(request)
+        parsed = SlidingRequest.parse(await read_json(request, allow_empty=True), request.query)
+        closing = long_poll(request) if parsed.timeout_ms > 0 and parsed.pos else None
+        try:
+            body = await hs.sliding_sync.sliding_sync(requester, parsed, legacy=legacy, closing=closing)
+        finally:
+            if closing is not None:
+                del polls[closing]
+        return json_response(body)
+
+    async def sliding_sync_v4(request: web.Request) -> web.Response:
+        return await sliding_sync(request, legacy=False)
+
+    async def sliding_sync_unstable(request: web.Request) -> web.Response:
+        return await sliding_sync(request, legacy=True)
+
     def _own(request: web.Request, user_id: str) -> None:
         if request.match_info["userId"] != user_id:
             raise forbidden("You can only manage your own filters")
@@ -159,5 +177,8 @@ def register(router: Router, hs: HomeServer) -> None:
         return json_response(stored)
 
     router.client("GET", "/sync", sync)
+    # Simplified Sliding Sync (MSC4186): as the MSC has it, and as clients use it today.
+    router.client("POST", "/sync", sliding_sync_v4, versions=("v4",))
+    router.add("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", sliding_sync_unstable)
     router.client("POST", "/user/{userId}/filter", post_filter)
     router.client("GET", "/user/{userId}/filter/{filterId}", get_filter)

@@ -27,7 +27,11 @@ def register(router: Router, hs: "HomeServer") -> None:
         return json_response(
             {
                 "versions": SPEC_VERSIONS,
-                "unstable_features": {"org.matrix.msc3916.stable": True, "org.matrix.msc4222": True},
+                "unstable_features": {
+                    "org.matrix.msc3916.stable": True,
+                    "org.matrix.msc4222": True,
+                    "org.matrix.simplified_msc3575": True,
+                },
             }
         )
 

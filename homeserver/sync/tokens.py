@@ -114,7 +114,11 @@ PaginationToken = StreamToken | TopologicalToken
 
 
 def parse_pagination_token(value: str) -> PaginationToken:
-    """A `from`/`to`/`at` token: either kind. Raises InvalidToken."""
+    """A `from`/`to`/`at` token: either kind, or a sliding sync `pos`
+    (`<position ID>.<stream token>`, MSC4186). Raises InvalidToken."""
     if value.startswith("t"):
         return TopologicalToken.parse(value)
+    position, dot, stream = value.partition(".")
+    if dot and position.isdigit():
+        return StreamToken.parse(stream)
     return StreamToken.parse(value)

@@ -1,0 +1,1 @@
+CREATE SEQUENCE sliding_sync_positions_pos_id_seq;
