@@ -519,3 +519,28 @@ async def test_a_config_the_sent_state_already_covers_sends_nothing_new(server: 
     fourth = await ss(server, t["alice"], {"lists": {"l": room_list([[0, 0]], limit=1, state=[
         ["m.room.name", ""], ["m.room.topic", ""]])}}, pos=third["pos"])
     assert state_keys(fourth["rooms"][room_id]) == {("m.room.topic", "")}
+
+
+async def test_two_connections_of_one_device_are_independent(server: TestServer) -> None:
+    """Element X keeps a room-list connection and an encryption one (extensions only)."""
+    t, rooms = await rooms_in_order(server, 2)
+    whoami = await server.get(f"{V3}/account/whoami", token=t["bob"])
+    device = whoami.body["device_id"]
+    room_list_conn = await ss(server, t["bob"], {"conn_id": "room-list", "lists": {"l": room_list([[0, 9]])}})
+    encryption = await ss(server, t["bob"], {"conn_id": "encryption", "extensions": {
+        "to_device": {"enabled": True}, "e2ee": {"enabled": True}}})
+    assert encryption["rooms"] == {} and encryption["lists"] == {}
+    resp = await server.put(f"{V3}/sendToDevice/m.test/t2", {"messages": {uid("bob"): {device: {"k": 2}}}},
+                            token=t["alice"])
+    assert resp.status == 200
+    await send(server, t["alice"], rooms[0], "for the room list")
+    encryption = await ss(server, t["bob"], {"conn_id": "encryption"}, pos=encryption["pos"], timeout=5000)
+    assert [e["content"] for e in encryption["extensions"]["to_device"]["events"]] == [{"k": 2}]
+    assert encryption["rooms"] == {}
+    room_list_conn = await ss(server, t["bob"], {"conn_id": "room-list", "lists": {"l": room_list([[0, 9]])}},
+                              pos=room_list_conn["pos"], timeout=5000)
+    assert bodies(room_list_conn["rooms"][rooms[0]]) == ["for the room list"]
+    assert "to_device" not in room_list_conn["extensions"]
+    # Each position belongs to its own connection only.
+    resp = await ss_raw(server, t["bob"], {"conn_id": "room-list"}, pos=encryption["pos"])
+    assert resp.body["errcode"] == "M_UNKNOWN_POS"

@@ -486,14 +486,19 @@ class SlidingSyncHandler:
         )
         account_data = _AccountData(self.hs, user_id, now)
 
-        # The server's list: every room the user may see, newest activity first.
-        candidates, direct = await self._candidates(
-            sync_request, memberships, before, _direct_rooms(await account_data.direct())
-        )
+        # The server's list: every room the user may see, newest activity first
+        # (not read by a connection that wants no rooms, as Element X's for encryption).
+        candidates: list[Membership] = []
+        direct: set[str] = set()
+        activity: dict[str, tuple[int, int | None]] = {}
+        if request.lists or connection.subscriptions:
+            candidates, direct = await self._candidates(
+                sync_request, memberships, before, _direct_rooms(await account_data.direct())
+            )
+            activity = await self.store.room_activity(
+                [m.room_id for m in candidates if m.membership == "join"], now.events, BUMP_TYPES
+            )
         by_room = {m.room_id: m for m in candidates}
-        activity = await self.store.room_activity(
-            [m.room_id for m in candidates if m.membership == "join"], now.events, BUMP_TYPES
-        )
 
         def recency(m: Membership) -> int:
             if m.membership == "join" and m.room_id in activity:
