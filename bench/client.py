@@ -19,6 +19,7 @@ import aiohttp
 from homeserver.api.admin import registration_mac
 
 CLIENT = "/_matrix/client/v3"
+SLIDING_SYNC = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 
 
 class RequestFailed(Exception):
@@ -132,6 +133,14 @@ class MatrixClient:
             params["since"] = since
         return await self.request("GET", f"{CLIENT}/sync", token=user.access_token,
                                   params=params)
+
+    async def sliding_sync(self, user: User, body: dict[str, Any], *, pos: str | None = None,
+                           timeout_ms: int = 0) -> dict[str, Any]:
+        """Simplified Sliding Sync (MSC4186) as Element X sends it today."""
+        params = {"timeout": str(timeout_ms)}
+        if pos is not None:
+            params["pos"] = pos
+        return await self.request("POST", SLIDING_SYNC, body, token=user.access_token, params=params)
 
     async def versions(self) -> dict[str, Any]:
         return await self.request("GET", "/_matrix/client/versions")
