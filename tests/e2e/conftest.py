@@ -68,3 +68,27 @@ async def run_node_script(node: Path, script: str, args: dict[str, Any]) -> dict
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     assert lines, f"no result from the script\nstdout:\n{out}\nstderr:\n{err[-5000:]}"
     return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def unexpected_refusals(result: dict[str, Any], *, must_work: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The refused requests in a script's `httpErrors`, but those a correct
+    server gives js-sdk too: no key backup yet (GET room_keys/version 404),
+    the user-interactive auth round of device_signing/upload (401), and the
+    unstable MSC endpoints the SDK probes for (404/405 M_UNRECOGNIZED),
+    unless their path is in `must_work`."""
+    v3 = "/_matrix/client/v3"
+
+    def expected(e: dict[str, Any]) -> bool:
+        try:
+            body = json.loads(e["body"])
+        except ValueError:
+            return False
+        if e["path"] == f"{v3}/room_keys/version" and e["method"] == "GET":
+            return e["status"] == 404 and body.get("errcode") == "M_NOT_FOUND"
+        if e["path"] == f"{v3}/keys/device_signing/upload":
+            return e["status"] == 401 and "flows" in body and "session" in body
+        if e["path"] in must_work:
+            return False
+        return "/unstable/" in e["path"] and e["status"] in (404, 405) and body.get("errcode") == "M_UNRECOGNIZED"
+
+    return [e for e in result["httpErrors"] if not expected(e)]

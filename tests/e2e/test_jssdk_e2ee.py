@@ -19,9 +19,9 @@ The `node` fixture (tests/e2e/conftest.py) provides Node 22 and js-sdk.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .conftest import run_node_script
+from .conftest import run_node_script, unexpected_refusals
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -33,24 +33,6 @@ PASSWORD = "a long enough password"
 ALICE, BOB = "@alice:test.local", "@bob:test.local"
 FIRST = ["alice phone", "alice laptop", "bob phone"]
 EVERYONE = [*FIRST, "bob laptop"]
-
-
-def _refusals(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The refused requests a correct server still gives these clients."""
-
-    def expected(e: dict[str, Any]) -> bool:
-        try:
-            body = json.loads(e["body"])
-        except ValueError:
-            return False
-        if e["path"] == f"{V3}/room_keys/version" and e["method"] == "GET":
-            return e["status"] == 404 and body.get("errcode") == "M_NOT_FOUND"  # no backup yet
-        if e["path"] == f"{V3}/keys/device_signing/upload":
-            return e["status"] == 401 and "flows" in body and "session" in body  # UIA
-        # Unstable MSC endpoints the SDK probes for.
-        return "/unstable/" in e["path"] and e["status"] in (404, 405) and body.get("errcode") == "M_UNRECOGNIZED"
-
-    return [e for e in result["httpErrors"] if not expected(e)]
 
 
 def _by_text(decrypted: dict[str, str], ids: list[str]) -> list[str]:
@@ -65,7 +47,7 @@ async def test_jssdk_end_to_end_encryption(server: TestServer, node: Path) -> No
         node, "e2ee.mjs",
         {"baseUrl": server.url, "password": PASSWORD, "alice": "alice", "bob": "bob", "timeoutMs": 70000},
     )
-    unexpected = _refusals(result)
+    unexpected = unexpected_refusals(result)
     assert "error" not in result, (
         f"the clients failed at step {result['step']!r}: {result['error']}\n"
         f"refused requests: {json.dumps(unexpected, indent=1)}\n{result.get('stack')}"

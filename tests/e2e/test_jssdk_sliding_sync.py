@@ -24,7 +24,7 @@ from itertools import count
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .conftest import run_node_script
+from .conftest import run_node_script, unexpected_refusals
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,24 +40,6 @@ HISTORY = 8
 # Live deliveries wake bob's long poll (which waits POLL_TIMEOUT_MS): each must come well before it ends.
 POLL_TIMEOUT_MS = 15000
 PROMPT_MS = 5000
-
-
-def _unexpected_refusals(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Refused requests other than those a correct server gives js-sdk too."""
-
-    def expected(e: dict[str, Any]) -> bool:
-        try:
-            body = json.loads(e["body"])
-        except ValueError:
-            return False
-        if e["path"] == f"{V3}/room_keys/version" and e["method"] == "GET":
-            return e["status"] == 404 and body.get("errcode") == "M_NOT_FOUND"  # no key backup
-        if e["path"] == SLIDING_SYNC:
-            return False
-        # Unstable MSC endpoints the SDK probes for.
-        return "/unstable/" in e["path"] and e["status"] in (404, 405) and body.get("errcode") == "M_UNRECOGNIZED"
-
-    return [e for e in result["httpErrors"] if not expected(e)]
 
 
 async def test_jssdk_sliding_sync(server: TestServer, node: Path, tmp_path: Path) -> None:
@@ -271,4 +253,4 @@ async def test_jssdk_sliding_sync(server: TestServer, node: Path, tmp_path: Path
         assert last.get("status") == 200 or last["pending"], (device, last)
     assert "ERROR" not in result["syncStates"]["bob"] and "SYNCING" in result["syncStates"]["bob"]
     assert "ERROR" not in result["syncStates"]["laptop"]
-    assert _unexpected_refusals(result) == []
+    assert unexpected_refusals(result, must_work=(SLIDING_SYNC,)) == []
