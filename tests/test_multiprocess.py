@@ -553,3 +553,50 @@ async def test_an_invite_on_one_process_reaches_a_sync_on_the_other(processes: t
             invited = room_id in body.get("rooms", {}).get("invite", {})
             since = body["next_batch"]
         assert invited
+
+
+async def test_a_sliding_sync_connection_continues_on_either_process(
+    processes: tuple[RunProcess, RunProcess],
+) -> None:
+    """Behind a load balancer: the positions of one sliding sync connection
+    are stored in the database, so each request may go to either process;
+    a long-poll on one wakes for a send on the other; nothing is missed or repeated."""
+    one, two = processes
+    path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+    request = {"conn_id": "room-list", "lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 50,
+                                                          "required_state": []}}}
+    async with aiohttp.ClientSession() as http:
+        anonymous = Client(http, one)
+        alice = await anonymous.register("alice")
+        bob = await anonymous.register("bob")
+        room_id = (await alice.ok("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"}))["room_id"]
+        await bob.on(two).ok("POST", f"/_matrix/client/v3/join/{room_id}", {})
+        pos = (await bob.on(one).ok("POST", path, request))["pos"]
+
+        def bodies(body: dict[str, Any]) -> list[str]:
+            room = body["rooms"].get(room_id, {})
+            return [e["content"]["body"] for e in room.get("timeline", []) if e["type"] == "m.room.message"]
+
+        # A long-poll on process two, woken by a send through process one.
+        poll = asyncio.create_task(bob.on(two).ok("POST", path, request, pos=pos, timeout="20000"))
+        await asyncio.sleep(0.3)
+        assert not poll.done()
+        await alice.on(one).send(room_id, "across")
+        woken = await asyncio.wait_for(poll, 5)
+        assert bodies(woken) == ["across"]
+        pos = woken["pos"]
+
+        sending = asyncio.gather(*[alice.on(one).send(room_id, f"a{i}") for i in range(10)],
+                                 *[alice.on(two).send(room_id, f"b{i}") for i in range(10)])
+        wanted = {f"a{i}" for i in range(10)} | {f"b{i}" for i in range(10)}
+        seen: list[str] = []
+        turn = 0
+        deadline = time.monotonic() + 15
+        while not wanted <= set(seen) and time.monotonic() < deadline:
+            where = (one, two)[turn % 2]
+            turn += 1
+            body = await bob.on(where).ok("POST", path, request, pos=pos, timeout="1000")
+            seen.extend(bodies(body))
+            pos = body["pos"]
+        await sending
+        assert sorted(seen) == sorted(wanted), seen
