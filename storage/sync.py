@@ -8,6 +8,7 @@ import asyncio
 import json
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .cache import LRUCache
@@ -20,6 +21,13 @@ _ADD_FILTER_ATTEMPTS = 20
 # Stream ranges at most this long are cached (the incremental syncs of
 # clients keeping up); longer ones (a client back after a while) are not.
 CACHED_RANGE_SPAN = 1000
+
+
+@dataclass(frozen=True)
+class RoomActivity:
+    stream: int  # the latest event's position
+    state_group: int | None  # the state after it
+    bump_stream: int | None  # the latest "proper" activity's position (sliding sync's bump_stamp)
 
 
 class SyncStore:
@@ -94,26 +102,28 @@ class SyncStore:
 
     async def room_activity(
         self, room_ids: Sequence[str], to_stream: int, bump_types: Sequence[str]
-    ) -> dict[str, tuple[int, int | None]]:
-        """{room: (position of its last event, of its last event of one of
-        `bump_types`)}, both at or before `to_stream`: two backward index
-        probes per room, in one query per batch."""
-        result: dict[str, tuple[int, int | None]] = {}
+    ) -> dict[str, RoomActivity]:
+        """Each room's latest event at or before `to_stream` (its position and
+        the state group after it) and the position of its latest event of one
+        of `bump_types`: backward index probes, one query per batch of rooms."""
+        result: dict[str, RoomActivity] = {}
+        latest = (
+            "(SELECT {column} FROM events e WHERE e.room_id = r.room_id AND e.stream_ordering <= ?{extra}"
+            " ORDER BY stream_ordering DESC LIMIT 1)"
+        )
+        bump_filter = f" AND e.type IN ({placeholders(len(bump_types))}) AND NOT e.rejected"
         for batch in batches(room_ids):
             rows = await self.db.fetchall(
                 "sync_room_activity",
-                "SELECT r.room_id,"
-                " (SELECT stream_ordering FROM events e WHERE e.room_id = r.room_id AND e.stream_ordering <= ?"
-                "  ORDER BY stream_ordering DESC LIMIT 1),"
-                " (SELECT stream_ordering FROM events e WHERE e.room_id = r.room_id AND e.stream_ordering <= ?"
-                f"  AND e.type IN ({placeholders(len(bump_types))}) AND NOT e.rejected"
-                "  ORDER BY stream_ordering DESC LIMIT 1)"
+                f"SELECT r.room_id, {latest.format(column='stream_ordering', extra='')},"
+                f" {latest.format(column='state_group', extra='')},"
+                f" {latest.format(column='stream_ordering', extra=bump_filter)}"
                 f" FROM rooms r WHERE r.room_id IN ({placeholders(len(batch))})",
-                (to_stream, to_stream, *bump_types, *batch),
+                (to_stream, to_stream, to_stream, *bump_types, *batch),
             )
-            for room_id, last, bump in rows:
+            for room_id, last, group, bump in rows:
                 if last is not None:
-                    result[room_id] = (last, bump)
+                    result[room_id] = RoomActivity(last, group, bump)
         return result
 
     async def member_summaries(

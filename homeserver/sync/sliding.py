@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage.events import Membership, StateMap
 from storage.history import EventMatch
+from storage.sync import RoomActivity
 
 from ..e2ee.keys import SIGNED_CURVE25519
 from ..errors import MatrixError, invalid_param
@@ -48,6 +49,8 @@ MAX_REQUIRED_STATE = 200
 # The server's cap on timeline_limit.
 MAX_TIMELINE_LIMIT = 100
 MAX_CONN_ID = 255
+# Rooms of one response built at once.
+ROOM_CONCURRENCY = 8
 # "Proper" activity (MSC4186 bump_stamp).
 BUMP_TYPES = (
     "m.room.create",
@@ -490,7 +493,7 @@ class SlidingSyncHandler:
         # (not read by a connection that wants no rooms, as Element X's for encryption).
         candidates: list[Membership] = []
         direct: set[str] = set()
-        activity: dict[str, tuple[int, int | None]] = {}
+        activity: dict[str, RoomActivity] = {}
         if request.lists or connection.subscriptions:
             candidates, direct = await self._candidates(
                 sync_request, memberships, before, _direct_rooms(await account_data.direct())
@@ -502,7 +505,7 @@ class SlidingSyncHandler:
 
         def recency(m: Membership) -> int:
             if m.membership == "join" and m.room_id in activity:
-                return activity[m.room_id][0]
+                return activity[m.room_id].stream
             return m.stream_ordering
 
         ordered = sorted(candidates, key=lambda m: (-recency(m), m.room_id))
@@ -543,14 +546,23 @@ class SlidingSyncHandler:
 
         rooms_body: dict[str, Any] = {}
         fresh: list[str] = []  # rooms sent whole: the extensions send their data whole too
-        for room_id, config in selected.items():
+        # Rooms are built ROOM_CONCURRENCY at a time: mostly waiting on the
+        # database, whose pool serves several at once.
+        slots = asyncio.Semaphore(ROOM_CONCURRENCY)
+
+        async def build_room(room_id: str, config: RoomConfig) -> dict[str, Any] | None:
+            async with slots:
+                return await self._room(
+                    sync_request, by_room[room_id], config, before.rooms.get(room_id),
+                    sent_upto.get(room_id, 0), since, now,
+                    changed=room_id in changed, is_dm=room_id in direct, legacy=legacy,
+                    summary=summaries.get(room_id), activity=activity.get(room_id),
+                )
+
+        built = await asyncio.gather(*(build_room(r, c) for r, c in selected.items()))
+        for (room_id, config), room in zip(selected.items(), built):
             membership = by_room[room_id]
             status = before.rooms.get(room_id)
-            room = await self._room(
-                sync_request, membership, config, status, sent_upto.get(room_id, 0), since, now,
-                changed=room_id in changed, is_dm=room_id in direct, legacy=legacy,
-                summary=summaries.get(room_id), bump=activity.get(room_id),
-            )
             if room is None:
                 # Nothing new: the connection has the room up to now, under this config.
                 kept = connection.rooms[room_id]
@@ -686,12 +698,14 @@ class SlidingSyncHandler:
         is_dm: bool,
         legacy: bool,
         summary: tuple[int, int, list[str]] | None,
-        bump: tuple[int, int | None] | None,
+        activity: RoomActivity | None,
     ) -> dict[str, Any] | None:
         """The room's entry, or None when the connection has it all."""
         room_id, kind = membership.room_id, membership.membership
         user_id = request.user_id
-        bump_stamp = (bump[1] or bump[0]) if kind == "join" and bump else membership.stream_ordering
+        bump_stamp = membership.stream_ordering
+        if kind == "join" and activity is not None:
+            bump_stamp = activity.bump_stream or activity.stream
         if kind in ("invite", "knock"):
             if status is not None and membership.stream_ordering <= sent_upto:
                 return None
@@ -739,7 +753,10 @@ class SlidingSyncHandler:
         # later, what changed (deleted entries as stubs) and what a widened
         # config newly asks for; with lazy members, the members the timeline
         # shows, and every member change when the timeline is not limited.
-        state = await self.sync.state_at(room_id, upper)
+        if kind == "join" and activity is not None and activity.state_group is not None:
+            state = await self.events.get_state_group(activity.state_group)  # (read at `now`)
+        else:
+            state = await self.sync.state_at(room_id, upper)
         rs = config.required_state
         wanted: dict[tuple[str, str], str | None] = {}
         differs: set[tuple[str, str]] = set()
