@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from storage.events import Membership, StateMap
 from storage.history import EventMatch
@@ -56,6 +56,7 @@ MAX_TIMEOUT_MS = 5 * 60 * 1000
 # stable and unstable, named after the query parameter that asked for it.
 STATE_AFTER = "state_after"
 UNSTABLE_STATE_AFTER = "org.matrix.msc4222.state_after"
+Built = TypeVar("Built")
 
 
 @dataclass
@@ -164,6 +165,27 @@ class SyncHandler:
             memberships = await self.memberships(user_id, now)
             return await self._finish(request, await self._build(request, memberships, since, now, full_state))
         deadline = time.monotonic() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
+        result = await self.wait_for_news(
+            user_id,
+            deadline,
+            lambda now, memberships: self._build(request, memberships, since, now, full_state),
+            lambda built: built.has_news,
+            closing,
+        )
+        return await self._finish(request, result)
+
+    async def wait_for_news(
+        self,
+        user_id: str,
+        deadline: float,
+        build: Callable[[StreamToken, list[Membership]], Awaitable[Built]],
+        has_news: Callable[[Built], bool],
+        closing: asyncio.Event | None = None,
+    ) -> Built:
+        """`build(now, memberships)` at the current token; while what it built
+        has no news and `deadline` (a monotonic time) is ahead, wait for a
+        change that concerns the user and build again. Ends early, with the
+        last build, when `closing` is set. (GET /sync and sliding sync.)"""
         # The rooms to wait on: those of the user's last sync, where known
         # (checked below against the rooms read after the token is taken).
         rooms = self._joined_hint.get(user_id)
@@ -185,14 +207,14 @@ class SyncHandler:
                     # The waiter misses a room the user is in: wait on the right ones.
                     rooms = joined
                     continue
-                result = await self._build(request, memberships, since, now, full_state)
+                result = await build(now, memberships)
                 remaining = deadline - time.monotonic()
-                if result.has_news or remaining <= 0 or (closing is not None and closing.is_set()):
-                    return await self._finish(request, result)
+                if has_news(result) or remaining <= 0 or (closing is not None and closing.is_set()):
+                    return result
                 woken = await waiter.wait(remaining, closing)
                 if not woken or (closing is not None and closing.is_set()):
                     # Timed out, or closing: an empty answer moves the client's token on.
-                    return await self._finish(request, result)
+                    return result
             finally:
                 self.notifier.unregister(waiter)
             # Woken: recompute, with the rooms the user is in now.

@@ -36,7 +36,6 @@ from ..e2ee.keys import SIGNED_CURVE25519
 from ..errors import MatrixError, invalid_param
 from .filters import Filter
 from .handler import MAX_TIMEOUT_MS, MEMBER, SyncRequest
-from .notifier import Waiter
 from .tokens import InvalidToken, StreamToken, TopologicalToken
 
 if TYPE_CHECKING:
@@ -431,33 +430,15 @@ class SlidingSyncHandler:
                 **connection.extensions.get(name, {}), **{k: v for k, v in config.items() if k != "since"}
             }
 
-        deadline = time.monotonic() + request.timeout_ms / 1000
-        # Waits on the rooms the user is in (read before the token is taken,
-        # checked against those read after it, as GET /sync does).
-        rooms = {
-            m.room_id for m in await self.sync.memberships(user_id, self.notifier.current_token())
-            if m.membership == "join"
-        }
-        while True:
-            waiter = Waiter(user_id, rooms)
-            self.notifier.register(waiter)
-            try:
-                now = self.notifier.current_token()
-                memberships = await self.sync.memberships(user_id, now)
-                joined = {m.room_id for m in memberships if m.membership == "join"}
-                if not joined <= rooms:
-                    rooms = joined
-                    continue
-                build = await self._build(requester, request, connection, memberships, since, now, legacy)
-                remaining = deadline - time.monotonic()
-                if since is None or build.has_news or remaining <= 0 or (closing is not None and closing.is_set()):
-                    break
-                if not await waiter.wait(remaining, closing) or (closing is not None and closing.is_set()):
-                    break
-            finally:
-                self.notifier.unregister(waiter)
-            rooms = joined
-            await asyncio.sleep(0)
+        # A new connection answers at once; a continued one waits for news.
+        deadline = time.monotonic() + (request.timeout_ms / 1000 if since is not None else 0)
+        build = await self.sync.wait_for_news(
+            user_id,
+            deadline,
+            lambda now, memberships: self._build(requester, request, connection, memberships, since, now, legacy),
+            lambda built: built.has_news,
+            closing,
+        )
         state = build.connection.to_json()
         if pos_id is None or state != stored:
             pos_id = await self.connections.save(
